@@ -1,0 +1,46 @@
+"""headroom: the memory-budget layer. Knows nothing about any workload; never imports prefect.
+
+Public API: :class:`Budget`, :func:`run_guarded`, :class:`Chunking`, :class:`History`,
+:class:`OutOfMemory` and the terminal errors, :func:`parse_size`.
+"""
+
+from headroom.budget import Budget, GpuDevice
+from headroom.chunks import Chunking, first_size, next_size, shrink
+from headroom.errors import (
+    BadInput,
+    ChildFailed,
+    ChunkFloorReached,
+    GuardTimeout,
+    HeadroomError,
+    OutOfMemory,
+    TerminalError,
+    is_terminal,
+)
+from headroom.guard import GuardResult, run_guarded, run_guarded_measured
+from headroom.history import History, state_dir
+from headroom.units import duckdb_limit, format_mib, parse_size
+
+__all__ = [
+    "BadInput",
+    "Budget",
+    "ChildFailed",
+    "ChunkFloorReached",
+    "Chunking",
+    "GpuDevice",
+    "GuardResult",
+    "GuardTimeout",
+    "HeadroomError",
+    "History",
+    "OutOfMemory",
+    "TerminalError",
+    "duckdb_limit",
+    "first_size",
+    "format_mib",
+    "is_terminal",
+    "next_size",
+    "parse_size",
+    "run_guarded",
+    "run_guarded_measured",
+    "shrink",
+    "state_dir",
+]

@@ -1,0 +1,129 @@
+"""Entry point of a guarded child: load the call, run it, write back its result.
+
+Started as ``python -m headroom._child CALL_FILE RESULT_FILE``. Imports nothing heavy itself
+so that start-up costs only what the guarded function's own module imports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import pickle
+import signal
+import sys
+import traceback
+
+_PR_SET_PDEATHSIG = 1
+_GPU_OOM_TYPES = {
+    "cupy.cuda.memory.OutOfMemoryError",
+    "cupy_backends.cuda.api.runtime.CUDARuntimeError",
+    "torch.cuda.OutOfMemoryError",
+    "torch.OutOfMemoryError",
+    "rmm._lib.memory_resource.OutOfMemoryError",
+    "MemoryError_rmm",
+}
+_GPU_OOM_TEXT = ("out of memory", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY")
+_ALLOCATOR_OOM_TYPES = {
+    "duckdb.OutOfMemoryException",
+    "_duckdb.OutOfMemoryException",
+    "pyarrow.lib.ArrowMemoryError",
+}
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the parent goes, and to prefer us to the parent."""
+    parent = int(os.environ.get("HEADROOM_PARENT_PID", "0"))
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+    if parent and os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(137)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:
+        pass
+
+
+def _qualified(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+def oom_kind(exc: BaseException) -> str | None:
+    """``allocator`` or ``gpu`` when ``exc`` is an out-of-memory error, else None."""
+    for cls in type(exc).__mro__:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if name in _GPU_OOM_TYPES:
+            if "OutOfMemory" in name or any(t in str(exc) for t in _GPU_OOM_TEXT):
+                return "gpu"
+        if name in _ALLOCATOR_OOM_TYPES:
+            return "allocator"
+    text = str(exc)
+    if "CUDA" in text and any(t in text for t in _GPU_OOM_TEXT):
+        return "gpu"
+    if isinstance(exc, MemoryError) and not _qualified(exc).startswith("headroom."):
+        return "allocator"
+    return None
+
+
+def _resolve(module_name: str, qualname: str):
+    target = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _own_memory_kb() -> int:
+    """RssAnon + RssShmem of this process: what it holds before the call proper starts."""
+    total = 0
+    with open("/proc/self/status", "rb") as handle:
+        for line in handle:
+            if line.startswith((b"RssAnon:", b"RssShmem:")):
+                total += int(line.split()[1])
+    return total
+
+
+def _dump(obj, required: bool = True) -> bytes | None:
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        if required:
+            raise
+        return None
+
+
+def main(call_file: str, result_file: str) -> None:
+    _die_with_parent()
+    with open(call_file, "rb") as handle:
+        module_name, qualname, args, kwargs = pickle.load(handle)
+    base_kb = 0
+    try:
+        func = _resolve(module_name, qualname)
+        base_kb = _own_memory_kb()
+        value = func(*args, **kwargs)
+        payload = {"ok": True, "value": value, "base_kb": base_kb}
+        body = _dump(payload)
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        payload = {
+            "ok": False,
+            "oom": oom_kind(exc),
+            "type": _qualified(exc),
+            "message": str(exc),
+            "traceback": traceback.format_exc(),
+            "exception": _dump(exc, required=False),
+            "base_kb": base_kb,
+        }
+        body = _dump(payload)
+    tmp = result_file + ".tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(body)
+    os.replace(tmp, result_file)
+    sys.stdout.flush()
+    # Skip interpreter teardown: big heaps take long to free and the parent is waiting.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
