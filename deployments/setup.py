@@ -1,0 +1,131 @@
+"""Idempotent set-up of a Prefect server for headroom: limits, work pool, blocks.
+
+    python -m deployments.setup            # create or update everything, repair leaked slots
+    python -m deployments.setup --check    # print what would be set, change nothing
+
+Creates every tag limit declared in deployments/limits.toml (a tag without a limit is
+unlimited in Prefect), the per-host memory limit ``memory-mb:<hostname>`` sized to the budget
+minus the orchestrator's reserve, the process work pool, the GPU share variable, and the
+block types. Slots leaked by killed runs are given back when no run is active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from headroom.budget import Budget
+from headroom.limits import Limits, memory_limit_name
+from headroom.units import format_mib
+
+log = logging.getLogger("deployments.setup")
+
+WORK_POOL = "headroom-process"
+GPU_SHARE_VARIABLE = "headroom_gpu_task_mb"
+
+
+def planned_limits(limits: Limits | None = None, budget: Budget | None = None) -> dict[str, int]:
+    """Every global concurrency limit headroom needs, by name, with its size."""
+    from headroom.prefect import current_budget
+
+    limits = limits or Limits.load()
+    budget = budget or current_budget()
+    plan = {f"tag:{tag}": spec.slots for tag, spec in limits.tags.items()}
+    plan[memory_limit_name()] = limits.host_limit_mb(budget)
+    return plan
+
+
+def apply_limits(limits: Limits | None = None, budget: Budget | None = None) -> dict[str, int]:
+    """Create or resize every limit; give back leaked slots when no run is active."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    plan = planned_limits(limits, budget)
+    with get_client(sync_client=True) as client:
+        for name, size in plan.items():
+            client.upsert_global_concurrency_limit_by_name(name, size)
+        if not _active_runs(client):
+            for name in plan:
+                current = client.read_global_concurrency_limit_by_name(name)
+                if current.active_slots:
+                    log.warning("%s: %d slots held by no run: giving them back", name,
+                                current.active_slots)
+                    client.update_global_concurrency_limit(
+                        name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                    )
+    return plan
+
+
+def _active_runs(client) -> int:
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    active = FlowRunFilter(
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
+        )
+    )
+    return len(client.read_flow_runs(flow_run_filter=active, limit=1))
+
+
+def ensure_work_pool(name: str = WORK_POOL) -> None:
+    """The process work pool that workers on every host serve."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+def record_gpu_share(limits: Limits | None = None) -> float | None:
+    """GPU memory per GPU task = the first GPU's total / the gpu tag's slots, fixed here."""
+    from prefect.variables import Variable
+
+    limits = limits or Limits.load()
+    devices = Budget.gpu()
+    if not devices or "gpu" not in limits.tags:
+        return None
+    share = devices[0].total_mb / limits.tags["gpu"].slots
+    Variable.set(GPU_SHARE_VARIABLE, round(share, 1), overwrite=True)
+    return share
+
+
+def setup() -> dict[str, object]:
+    """Everything, in order; returns what was applied."""
+    from blocks.registry import register_blocks
+
+    plan = apply_limits()
+    ensure_work_pool()
+    slugs = register_blocks()
+    share = record_gpu_share()
+    return {"limits": plan, "work_pool": WORK_POOL, "blocks": slugs, "gpu_task_mb": share}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="print the plan, change nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.check:
+        for name, size in planned_limits().items():
+            unit = f" ({format_mib(size)})" if name.startswith("memory-mb:") else " slots"
+            print(f"{name}: {size}{unit}")
+        return
+    applied = setup()
+    for name, size in applied["limits"].items():  # type: ignore[union-attr]
+        print(f"limit {name}: {size}")
+    print(f"work pool {applied['work_pool']}; blocks {', '.join(applied['blocks'])}")  # type: ignore[arg-type]
+    if applied["gpu_task_mb"]:
+        print(f"GPU memory per gpu task: {applied['gpu_task_mb']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The one declaration of limits: per tag its slots and per-task cap, and the host reserve."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from headroom.budget import Budget
+from headroom.units import MIB, parse_size
+
+ENV_LIMITS = "HEADROOM_LIMITS"
+DEFAULT_FILE = Path(__file__).resolve().parent.parent / "deployments" / "limits.toml"
+# The orchestrator (flow process, ephemeral server) never gets less than this share back.
+MAX_RESERVE_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class TagLimit:
+    """A tag's slots (Prefect tag concurrency limit) and the cap of one of its tasks."""
+
+    tag: str
+    slots: int
+    cap_mb: float | None = None
+
+    def cap_within(self, budget: Budget) -> float:
+        """This tag's per-task cap: declared, else the budget divided by its slots."""
+        return self.cap_mb if self.cap_mb is not None else budget.per_task(self.slots)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every declared tag limit plus the reserve kept for the orchestrator's own processes."""
+
+    tags: dict[str, TagLimit] = field(default_factory=dict)
+    reserve_mb: float = 300.0
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> Limits:
+        """Read the TOML declaration ($HEADROOM_LIMITS, else deployments/limits.toml)."""
+        where = Path(path or os.environ.get(ENV_LIMITS) or DEFAULT_FILE)
+        data = tomllib.loads(where.read_text())
+        tags = {}
+        for tag, spec in data.get("tags", {}).items():
+            slots = int(spec["slots"])
+            if slots < 1:
+                raise ValueError(f"{where}: tag {tag!r} needs at least 1 slot")
+            cap = spec.get("cap")
+            cap_mb = parse_size(cap, name=f"{where}: tags.{tag}.cap") / MIB if cap else None
+            tags[tag] = TagLimit(tag, slots, cap_mb)
+        return cls(tags, float(data.get("reserve_mb", 300)), str(where))
+
+    def tag(self, tag: str) -> TagLimit:
+        try:
+            return self.tags[tag]
+        except KeyError:
+            raise KeyError(
+                f"tag {tag!r} is not declared in {self.source}; declare its slots and cap there"
+            ) from None
+
+    def reserve_for(self, budget: Budget) -> float:
+        """MiB kept back for the orchestrator: the declared reserve, at most 30 % of a budget."""
+        return min(self.reserve_mb, budget.mb * MAX_RESERVE_FRACTION)
+
+    def host_limit_mb(self, budget: Budget) -> int:
+        """Size of the per-host memory limit: the budget minus the orchestrator's reserve."""
+        return max(1, int(budget.mb - self.reserve_for(budget)))
+
+    def cap_mb(self, tag: str, budget: Budget) -> float:
+        """The cap of one task with this tag, never more than the per-host memory limit."""
+        return min(self.tag(tag).cap_within(budget), float(self.host_limit_mb(budget)))
+
+
+def memory_limit_name(host: str | None = None) -> str:
+    """The per-host global concurrency limit, ``memory-mb:<hostname>``."""
+    return f"memory-mb:{host or socket.gethostname()}"

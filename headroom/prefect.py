@@ -1,0 +1,492 @@
+"""headroom on Prefect: budgeted tasks, OOM-only retries with smaller chunks, memory admission.
+
+A budgeted task wraps a body function that lives in a module without prefect. Prefect's
+task engine takes the slot of the task's tag (the tag concurrency limit); headroom then takes
+``occupy=cap_mb`` of the per-host limit ``memory-mb:<hostname>``, picks this attempt's chunk
+size, runs the body in a guarded child under the cap, and retries only out-of-memory errors
+(and declared transient ones), each time with a smaller chunk.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from headroom.budget import Budget
+from headroom.chunks import Chunking, first_size, shrink
+from headroom.errors import ChunkFloorReached, OutOfMemory, TerminalError
+from headroom.guard import callable_path, run_guarded_measured
+from headroom.history import History
+from headroom.limits import Limits, memory_limit_name
+from headroom.report import Attempt, memory_report, record_attempt
+
+ChunkScale = Annotated[
+    float, Field(gt=0, le=1, description="Scale every first chunk size by this (0 < x <= 1).")
+]
+MaxWorkers = Annotated[
+    int, Field(ge=1, le=64, description="Tasks this run submits at once (local concurrency).")
+]
+
+OOM_KINDS = frozenset(OutOfMemory.KINDS)
+FLOW_TAG_OOM = "headroom:oom"
+FLOW_TAG_FLOOR = "headroom:chunk-floor"
+RERUN_TAG = "headroom:rerun"
+MAX_CRASH_RERUNS = 3
+_LIMIT_CACHE_S = 30.0
+
+_attempts: dict[str, list[Attempt]] = {}
+_attempts_lock = threading.Lock()
+_host_limit_cache: dict[str, tuple[float, int]] = {}
+
+
+@dataclass(frozen=True)
+class BudgetedSpec:
+    """Everything headroom needs to run one kind of budgeted task."""
+
+    target: str
+    name: str
+    tag: str
+    chunk: Chunking | None
+    input_bytes: Callable[[dict[str, Any]], int] | None
+    oom_retries: int
+    retries: int
+    transient: tuple[type[BaseException], ...]
+    isolate: bool
+    timeout_s: float | None
+    takes_cap: bool
+
+
+def current_budget() -> Budget:
+    """The budget: $HEADROOM_MEMORY_LIMIT, else the memory-budget block, else detection."""
+    import os
+
+    from headroom.budget import ENV_LIMIT
+
+    if os.environ.get(ENV_LIMIT):
+        return Budget.detect()
+    try:
+        from blocks.memory_budget import load_budget_block
+
+        block = load_budget_block()
+    except Exception:
+        block = None
+    if block is not None:
+        return Budget.detect(limit=block.limit or None, fraction=block.fraction)
+    return Budget.detect()
+
+
+def budgeted_task(
+    body: Callable[..., Any] | str,
+    *,
+    tag: str,
+    chunk: Chunking | None = None,
+    input_bytes: Callable[[dict[str, Any]], int] | None = None,
+    oom_retries: int = 4,
+    retries: int = 0,
+    transient: tuple[type[BaseException], ...] = (),
+    isolate: bool = True,
+    name: str | None = None,
+    timeout_s: float | None = None,
+    retry_delay_s: float = 0.0,
+):
+    """Declare a budgeted Prefect task over ``body`` (a top-level function of a module that does
+    not import prefect).
+
+    The task's parameters are the body's, less the chunk parameter and ``cap_mb`` (which
+    headroom fills in), plus ``chunk_scale``.
+    """
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    module_name, qualname = callable_path(body)
+    function = body if callable(body) else _import(module_name, qualname)
+    signature = inspect.signature(function)
+    if chunk is not None and chunk.param not in signature.parameters:
+        raise TypeError(f"{module_name}:{qualname} has no parameter {chunk.param!r}")
+    hidden = {"cap_mb", chunk.param if chunk else None}
+    visible = [p for n, p in signature.parameters.items() if n not in hidden]
+    visible.append(
+        inspect.Parameter("chunk_scale", inspect.Parameter.KEYWORD_ONLY, default=1.0,
+                          annotation=float)
+    )
+    spec = BudgetedSpec(
+        target=f"{module_name}:{qualname}",
+        name=name or function.__name__.replace("_", "-"),
+        tag=tag,
+        chunk=chunk,
+        input_bytes=input_bytes,
+        oom_retries=oom_retries,
+        retries=retries,
+        transient=tuple(transient),
+        isolate=isolate,
+        timeout_s=timeout_s,
+        takes_cap="cap_mb" in signature.parameters,
+    )
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        bound = inspect.Signature(visible).bind(*args, **kwargs)
+        bound.apply_defaults()
+        call = dict(bound.arguments)
+        chunk_scale = float(call.pop("chunk_scale"))
+        return execute(spec, call, chunk_scale)
+
+    run.__signature__ = inspect.Signature(visible)  # type: ignore[attr-defined]
+    run.__name__ = function.__name__
+    run.__qualname__ = function.__qualname__
+    run.__module__ = function.__module__
+    run.__doc__ = function.__doc__
+
+    def retry_only_oom(task: Any, task_run: Any, state: Any) -> bool:
+        return _should_retry(spec, str(task_run.id))
+
+    return task(
+        run,
+        name=spec.name,
+        tags=[tag],
+        retries=oom_retries + retries,
+        retry_delay_seconds=retry_delay_s,
+        retry_condition_fn=retry_only_oom,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+
+
+def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) -> Any:
+    """One attempt of a budgeted task, inside a Prefect task run."""
+    from prefect import get_run_logger
+    from prefect.concurrency.sync import concurrency
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    if context is None:
+        raise RuntimeError(f"{spec.name} must run as a Prefect task")
+    run_id = str(context.task_run.id)
+    flow_run_id = str(context.task_run.flow_run_id) if context.task_run.flow_run_id else None
+    logger = get_run_logger()
+    limits = Limits.load()
+    budget = current_budget()
+    cap = min(limits.cap_mb(spec.tag, budget), _server_host_limit(limits, budget))
+    with _attempts_lock:
+        history_so_far = list(_attempts.setdefault(run_id, []))
+    previous = history_so_far[-1] if history_so_far else None
+    history = History()
+    input_size = spec.input_bytes(call) if spec.input_bytes else None
+
+    kwargs = dict(call)
+    size: int | None = None
+    origin = ""
+    if spec.chunk is not None:
+        if previous is not None and previous.outcome in OOM_KINDS and previous.chunk:
+            try:
+                size = shrink(spec.chunk, previous.chunk, cap, previous.peak_mb, task=spec.name,
+                              budget_mb=budget.mb, host_mb=(budget.host_bytes or 0) / (1 << 20),
+                              tag=spec.tag)
+            except ChunkFloorReached:
+                _tag_flow_run(flow_run_id, FLOW_TAG_FLOOR)
+                _forget(run_id)
+                raise
+            origin = "shrunk after OOM"
+        else:
+            learned = history.profile(spec.name, input_size)
+            size, origin = first_size(spec.chunk, cap, chunk_scale, learned)
+        kwargs[spec.chunk.param] = size
+    if spec.takes_cap:
+        kwargs["cap_mb"] = cap
+
+    attempt_no = len(history_so_far) + 1
+    started = time.time()
+    peak: float | None = None
+    outcome = "ok"
+    try:
+        with concurrency(memory_limit_name(), occupy=max(1, math.ceil(cap)), strict=True):
+            started = time.time()
+            if spec.isolate:
+                result = run_guarded_measured(spec.target, cap_mb=cap, timeout_s=spec.timeout_s,
+                                              **kwargs)
+                value, peak = result.value, result.peak_mb
+                if size:
+                    history.record(spec.name, input_size, size, result.peak_mb, cap,
+                                   result.base_mb)
+            else:
+                value = _run_in_process(spec, kwargs, cap)
+    except OutOfMemory as exc:
+        outcome, peak = exc.kind, exc.peak_mb
+        _tag_flow_run(flow_run_id, FLOW_TAG_OOM)
+        raise exc.with_chunk(size) from None
+    except BaseException as exc:
+        outcome = ("transient:" if isinstance(exc, spec.transient) else "") + type(exc).__name__
+        raise
+    finally:
+        attempt = Attempt(spec.name, run_id, attempt_no, size, origin, cap, peak, started,
+                          time.time() - started, outcome)
+        with _attempts_lock:
+            _attempts.setdefault(run_id, []).append(attempt)
+        record_attempt(flow_run_id, attempt)
+        logger.info(
+            "attempt %d: %s=%s (%s), cap %.0f MiB, peak %s MiB, %.2f s: %s",
+            attempt_no, spec.chunk.param if spec.chunk else "chunk", size, origin or "-", cap,
+            "?" if peak is None else f"{peak:.0f}", attempt.seconds, outcome,
+        )
+        _publish_attempts(spec, run_id)
+    _forget(run_id)
+    return value
+
+
+def _run_in_process(spec: BudgetedSpec, kwargs: dict[str, Any], cap: float) -> Any:
+    """Run the body here (GPU tasks keep one CUDA context); classify allocator/CUDA OOMs."""
+    from headroom._child import oom_kind
+
+    module_name, _, qualname = spec.target.partition(":")
+    try:
+        return _import(module_name, qualname)(**kwargs)
+    except Exception as exc:
+        kind = oom_kind(exc)
+        if kind:
+            raise OutOfMemory(kind, cap, None, detail=str(exc)[:500]) from exc
+        raise
+
+
+def _should_retry(spec: BudgetedSpec, run_id: str) -> bool:
+    with _attempts_lock:
+        attempts = list(_attempts.get(run_id, []))
+    last = attempts[-1] if attempts else None
+    if last is None:
+        return False
+    if last.outcome in OOM_KINDS:
+        retry = sum(a.outcome in OOM_KINDS for a in attempts) <= spec.oom_retries
+    elif last.outcome.startswith("transient:"):
+        retry = sum(a.outcome.startswith("transient:") for a in attempts) <= spec.retries
+    else:
+        retry = False
+    if not retry:
+        _forget(run_id)
+    return retry
+
+
+def _forget(run_id: str) -> None:
+    with _attempts_lock:
+        _attempts.pop(run_id, None)
+
+
+def _publish_attempts(spec: BudgetedSpec, run_id: str) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    with _attempts_lock:
+        rows = [a.row() for a in _attempts.get(run_id, [])]
+    try:
+        create_table_artifact(rows, description=f"{spec.name}: attempts (tag {spec.tag})")
+    except Exception:  # an artifact must never fail the work
+        pass
+
+
+def _server_host_limit(limits: Limits, budget: Budget) -> float:
+    """The size of memory-mb:<host> on the server (cached), or a clear error if missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    name = memory_limit_name()
+    cached = _host_limit_cache.get(name)
+    if cached and time.monotonic() - cached[0] < _LIMIT_CACHE_S:
+        return float(cached[1])
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name).limit
+        except ObjectNotFound:
+            raise TerminalError(
+                f"the memory limit {name!r} does not exist on this Prefect server: run "
+                "`python -m deployments.setup` on this host first"
+            ) from None
+    _host_limit_cache[name] = (time.monotonic(), limit)
+    return float(limit)
+
+
+def _tag_flow_run(flow_run_id: str | None, tag: str) -> None:
+    """Mark a flow run so repeated OOMs or a reached floor show at a glance in the UI."""
+    if not flow_run_id:
+        return
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+            if tag not in run.tags:
+                client.update_flow_run(flow_run_id, tags=[*run.tags, tag])
+    except Exception:
+        pass
+
+
+def _import(module_name: str, qualname: str) -> Callable[..., Any]:
+    import importlib
+
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded maps
+
+
+@dataclass
+class Outcome:
+    """One mapped item: its arguments and either its value or its error."""
+
+    item: dict[str, Any]
+    value: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def map_bounded(
+    task: Any,
+    items: Iterable[dict[str, Any]],
+    *,
+    max_workers: int,
+    chunk_scale: float | None = 1.0,
+    progress: bool = True,
+) -> list[Outcome]:
+    """Run ``task`` once per item with at most ``max_workers`` submitted at once.
+
+    Tag limits stay the global cap; this keeps a run's own slots busy without flooding the
+    server (Prefect 3.8 hands tag slots over slowly). Never raises for an item: each
+    :class:`Outcome` carries its value or its error.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    pending = list(items)
+    outcomes = [Outcome(item) for item in pending]
+    running: dict[Any, int] = {}
+    following = 0
+    finished = 0
+    progress_id = None
+    if progress and pending:
+        try:
+            progress_id = create_progress_artifact(0.0, description=f"{task.name}: items done")
+        except Exception:
+            progress_id = None
+    while following < len(pending) or running:
+        while following < len(pending) and len(running) < max_workers:
+            extra = {} if chunk_scale is None else {"chunk_scale": chunk_scale}
+            running[task.submit(**pending[following], **extra)] = following
+            following += 1
+        future = next(as_completed(list(running)))
+        index = running.pop(future)
+        try:
+            # The future's own result: with persistence off the server holds no data.
+            outcomes[index].value = future.result()
+        except Exception as error:  # noqa: BLE001 - one item's failure is its outcome
+            outcomes[index].error = error
+        finished += 1
+        if progress_id is not None:
+            try:
+                update_progress_artifact(progress_id, 100.0 * finished / len(pending))
+            except Exception:
+                progress_id = None
+    return outcomes
+
+
+@dataclass
+class ItemFailures(Exception):
+    """Some mapped items failed; the others finished. Names each failed item and why."""
+
+    what: str
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.failures)} {self.what} failed:"]
+        lines += [f"  {name}: {reason}" for name, reason in self.failures]
+        return "\n".join(lines)
+
+
+def raise_failures(outcomes: list[Outcome], what: str, name_of: Callable[[dict], str]) -> None:
+    """After the good items are done, raise one error naming every failed item."""
+    failed = [(name_of(o.item), f"{type(o.error).__name__}: {o.error}")
+              for o in outcomes if o.error is not None]
+    if failed:
+        raise ItemFailures(what, failed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow hooks
+
+
+def memory_report_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """Publish the flow run's memory timeline against the budget as a markdown artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    try:
+        limits = Limits.load()
+        budget = current_budget()
+        markdown = memory_report(str(flow_run.id), flow.name, budget.mb,
+                                 limits.host_limit_mb(budget))
+        if markdown is None:
+            return
+        with get_client(sync_client=True) as client:
+            client.create_artifact(
+                ArtifactCreate(
+                    type="markdown",
+                    key="memory-report",
+                    data=markdown,
+                    description=f"memory of {flow.name} against the budget",
+                    flow_run_id=flow_run.id,
+                )
+            )
+    except Exception as exc:  # a report must never change the run's outcome
+        import logging
+
+        logging.getLogger(__name__).warning("memory report failed: %s", exc)
+
+
+def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """When a deployment's flow-run process is killed, run it again with chunk_scale halved.
+
+    At most MAX_CRASH_RERUNS times in a chain; the reason is in the new run's name and tags.
+    """
+    import logging
+
+    from prefect.deployments import run_deployment
+
+    log = logging.getLogger(__name__)
+    if not getattr(flow_run, "deployment_id", None):
+        log.warning("flow run %s crashed outside a deployment: not re-run", flow_run.name)
+        return
+    done = max([int(t.rsplit("-", 1)[1]) for t in flow_run.tags
+                if t.startswith(RERUN_TAG + "-")] or [0])
+    if done >= MAX_CRASH_RERUNS:
+        log.error("flow run %s crashed after %d re-runs: giving up", flow_run.name, done)
+        return
+    parameters = dict(flow_run.parameters or {})
+    scale = float(parameters.get("chunk_scale", 1.0)) / 2
+    parameters["chunk_scale"] = scale
+    tags = [t for t in flow_run.tags if not t.startswith(RERUN_TAG)]
+    reason = (state.message or "crashed").splitlines()[0][:80]
+    new_run = run_deployment(
+        flow_run.deployment_id,
+        parameters=parameters,
+        flow_run_name=f"{flow_run.name}-rerun{done + 1}-scale{scale:g}",
+        tags=[*tags, f"{RERUN_TAG}-{done + 1}", "headroom:after-crash"],
+        timeout=0,
+        as_subflow=False,
+    )
+    log.warning("flow run %s crashed (%s): started %s with chunk_scale %.3g",
+                flow_run.name, reason, new_run.name, scale)
+
+
+FLOW_HOOKS: dict[str, list[Callable[..., None]]] = {
+    "on_completion": [memory_report_hook],
+    "on_failure": [memory_report_hook],
+    "on_crashed": [crash_rerun_hook, memory_report_hook],
+}

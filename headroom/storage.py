@@ -1,0 +1,161 @@
+"""Where outputs go (a local directory or an S3-compatible bucket) and atomic publication.
+
+A file is written under a temporary name and published only when complete: ``os.replace``
+locally; on S3, a copy to the final key followed by deletion of the temporary key. A writer
+that dies mid-file therefore never leaves a readable half under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from headroom.errors import BadInput
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+TMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """An S3-compatible endpoint; credentials come from a block or the environment."""
+
+    endpoint_url: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A root on a pyarrow filesystem: local directory or ``bucket/prefix`` on S3."""
+
+    filesystem: pyarrow.fs.FileSystem = field(repr=False)
+    root: str
+    url: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.filesystem.type_name == "local"
+
+    def path(self, *parts: str) -> str:
+        """The full filesystem path of a relative path under the root."""
+        return posixpath.join(self.root, *parts)
+
+    def exists(self, relative: str) -> bool:
+        import pyarrow.fs as pafs
+
+        info = self.filesystem.get_file_info(self.path(relative))
+        return info.type != pafs.FileType.NotFound
+
+    def size(self, relative: str) -> int | None:
+        import pyarrow.fs as pafs
+
+        info = self.filesystem.get_file_info(self.path(relative))
+        return None if info.type == pafs.FileType.NotFound else info.size
+
+    def makedirs(self, relative: str = "") -> None:
+        self.filesystem.create_dir(self.path(relative) if relative else self.root, recursive=True)
+
+    @contextmanager
+    def atomic_output(self, relative: str) -> Iterator[str]:
+        """Yield a temporary path to write; publish it as ``relative`` only on success."""
+        final = self.path(relative)
+        directory, name = posixpath.split(final)
+        temporary = posixpath.join(directory, f"{TMP_MARK}{uuid.uuid4().hex[:12]}-{name}")
+        if self.is_local:
+            os.makedirs(directory, exist_ok=True)
+        try:
+            yield temporary
+            self.publish(temporary, final)
+        except BaseException:
+            self._delete_quietly(temporary)
+            raise
+
+    def publish(self, temporary: str, final: str) -> None:
+        """Make a complete temporary file visible under its final name."""
+        if self.is_local:
+            os.replace(temporary, final)
+        else:
+            self.filesystem.copy_file(temporary, final)
+            self.filesystem.delete_file(temporary)
+
+    def write_json(self, relative: str, document: Any) -> None:
+        """Write a small JSON document atomically."""
+        with self.atomic_output(relative) as temporary:
+            with self.filesystem.open_output_stream(temporary) as stream:
+                stream.write(json.dumps(document, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, relative: str) -> Any | None:
+        """A JSON document, or None when it does not exist."""
+        if not self.exists(relative):
+            return None
+        with self.filesystem.open_input_stream(self.path(relative)) as stream:
+            return json.loads(stream.read().decode())
+
+    def remove_temporaries(self, relative: str = "") -> list[str]:
+        """Delete temporary files that killed writers left behind; returns their paths."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(
+            self.path(relative) if relative else self.root, recursive=True, allow_not_found=True
+        )
+        removed = []
+        for info in self.filesystem.get_file_info(selector):
+            if info.type == pafs.FileType.File and info.base_name.startswith(TMP_MARK):
+                self._delete_quietly(info.path)
+                removed.append(info.path)
+        return removed
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self.filesystem.delete_file(path)
+        except (OSError, FileNotFoundError):
+            pass
+
+
+def open_storage(out: str | os.PathLike[str], s3: S3Settings | None = None) -> Storage:
+    """A local path, ``file://`` URL or ``s3://bucket/prefix`` as a :class:`Storage`."""
+    import pyarrow.fs as pafs
+
+    text = os.fspath(out)
+    parsed = urlparse(text)
+    if parsed.scheme in ("", "file"):
+        root = os.path.abspath(parsed.path if parsed.scheme == "file" else text)
+        os.makedirs(root, exist_ok=True)
+        return Storage(pafs.LocalFileSystem(), root, text)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise BadInput(f"out: {text!r} names no bucket")
+        settings = s3 or s3_settings_from_env()
+        options: dict[str, Any] = {"region": settings.region}
+        if settings.endpoint_url:
+            endpoint = urlparse(settings.endpoint_url)
+            options["endpoint_override"] = endpoint.netloc or settings.endpoint_url
+            options["scheme"] = endpoint.scheme or "https"
+        if settings.access_key:
+            options["access_key"] = settings.access_key
+            options["secret_key"] = settings.secret_key
+        filesystem = pafs.S3FileSystem(**options)
+        root = posixpath.join(parsed.netloc, parsed.path.lstrip("/")).rstrip("/")
+        return Storage(filesystem, root, text)
+    raise BadInput(f"out: unsupported scheme {parsed.scheme!r} in {text!r} (use a path or s3://)")
+
+
+def s3_settings_from_env() -> S3Settings:
+    """S3 settings from the usual environment variables (AWS_* and AWS_ENDPOINT_URL)."""
+    return S3Settings(
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL"),
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )

@@ -1,0 +1,122 @@
+"""Budgeted tasks on a real (temporary) Prefect server: retries, limits, admission, Dask."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+
+from headroom import Chunking
+from headroom.prefect import FLOW_TAG_OOM, map_bounded
+from headroom.prefect import budgeted_task as budgeted
+from headroom.report import load_attempts
+from tests.headroom import bodies
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+MIB = 1 << 20
+
+grow = budgeted(
+    bodies.grow_with_chunk,
+    tag="test-oom",
+    chunk=Chunking("rows_per_chunk", default=400_000, floor=10_000),
+    oom_retries=3,
+)
+reject = budgeted(bodies.fail_with_value_error, tag="test-oom", oom_retries=3)
+sleep_three = budgeted(bodies.sleep_for, tag="test-three")
+sleep_heavy = budgeted(bodies.sleep_for, tag="test-weighted")
+
+
+def _overlap(spans: list[dict]) -> int:
+    """Most spans open at one instant."""
+    events = sorted([(s["started"], 1) for s in spans] + [(s["ended"], -1) for s in spans])
+    live = most = 0
+    for _, step in events:
+        live += step
+        most = max(most, live)
+    return most
+
+
+def test_over_cap_task_retries_smaller_and_completes():
+    @flow
+    def shrinking():
+        return grow(total_rows=400_000, bytes_per_row=1024)
+
+    state = shrinking(return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["rows"] == 400_000
+    assert result["rows_per_chunk"] < 400_000  # the first size (390 MiB) cannot fit 300 MiB
+
+    flow_run_id = str(state.state_details.flow_run_id)
+    attempts = load_attempts(flow_run_id)
+    assert [a.outcome for a in attempts] == ["watchdog", "ok"]
+    assert attempts[0].peak_mb > 280
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        assert FLOW_TAG_OOM in run.tags
+        artifacts = client.read_artifacts()
+    tables = [a for a in artifacts if a.type == "table" and a.flow_run_id == run.id]
+    assert any(len(a.data if isinstance(a.data, list) else __import__("json").loads(a.data)) == 2
+               for a in tables)
+
+
+def test_value_error_fails_once_without_retry():
+    @flow
+    def bad_input():
+        return reject(path="day-3.csv")
+
+    state = bad_input(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match="day-3.csv: line 3"):
+        state.result()
+    attempts = load_attempts(str(state.state_details.flow_run_id))
+    assert [a.outcome for a in attempts] == ["ValueError"]
+
+
+def test_tag_limit_three_is_never_exceeded():
+    @flow
+    def twelve():
+        outcomes = map_bounded(sleep_three, [{"seconds": 1.0, "label": str(i)} for i in range(12)],
+                               max_workers=12)
+        return [o.value for o in outcomes]
+
+    spans = twelve()
+    assert len(spans) == 12
+    assert _overlap(spans) <= 3
+
+
+def test_memory_weighted_admission_bounds_overlap():
+    # 1500 MiB caps under a 4 GiB budget (limit 3796 MiB): at most two at once, though the
+    # tag would let ten run.
+    @flow
+    def heavy():
+        outcomes = map_bounded(sleep_heavy, [{"seconds": 1.0, "label": str(i)} for i in range(4)],
+                               max_workers=4)
+        return [o.value for o in outcomes]
+
+    spans = heavy()
+    assert len(spans) == 4
+    assert _overlap(spans) == 2
+
+
+@pytest.mark.slow
+def test_dask_worker_survives_an_over_cap_task():
+    from distributed import Client, LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      memory_limit="2GiB", dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            before = client.run(os.getpid)
+
+            @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+            def on_dask():
+                return grow.submit(total_rows=400_000, bytes_per_row=1024).result()
+
+            result = on_dask()
+            after = client.run(os.getpid)
+    assert result["rows"] == 400_000 and result["rows_per_chunk"] < 400_000
+    assert before == after  # same workers, same processes: none was killed or restarted
