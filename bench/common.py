@@ -37,8 +37,13 @@ class Measurement:
         return units / self.cpu_s if self.cpu_s > 0 else float("nan")
 
 
-def measure(label: str, argv: list[str], env: dict[str, str] | None = None,
-            timeout_s: float = 1800, interval_s: float = 0.05) -> Measurement:
+def measure(
+    label: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    timeout_s: float = 1800,
+    interval_s: float = 0.05,
+) -> Measurement:
     """Run ``argv`` and sample the summed RSS of its process tree until it exits."""
     started = time.monotonic()
     process = subprocess.Popen(
@@ -74,9 +79,7 @@ def measure(label: str, argv: list[str], env: dict[str, str] | None = None,
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     output_lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: output_lines.extend(process.stdout or []), daemon=True
-    )
+    reader = threading.Thread(target=lambda: output_lines.extend(process.stdout or []), daemon=True)
     reader.start()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -89,8 +92,9 @@ def measure(label: str, argv: list[str], env: dict[str, str] | None = None,
     output = "".join(output_lines)
     if process.returncode != 0:
         print(output[-4000:], file=sys.stderr)
-    return Measurement(label, wall, usage.ru_utime + usage.ru_stime, peak[0],
-                       process.returncode, output)
+    return Measurement(
+        label, wall, usage.ru_utime + usage.ru_stime, peak[0], process.returncode, output
+    )
 
 
 def python(code: str) -> list[str]:
@@ -117,8 +121,10 @@ def _cell(value: object) -> str:
 def machine_line() -> str:
     """One line about the machine the figures come from."""
     memory = psutil.virtual_memory().total / (1 << 30)
-    return (f"{os.cpu_count()} cores, {memory:.0f} GiB, Python {sys.version.split()[0]}, "
-            f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    return (
+        f"{os.cpu_count()} cores, {memory:.0f} GiB, Python {sys.version.split()[0]}, "
+        f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
 
 
 def write_section(name: str, markdown: str) -> None:
@@ -135,6 +141,9 @@ def write_section(name: str, markdown: str) -> None:
 def _replace(text: str, begin: str, end: str, markdown: str) -> None:
     block = f"{begin}\n{markdown.strip()}\n\n_{machine_line()}_\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else (
-        text.rstrip() + "\n\n" + block + "\n")
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else (text.rstrip() + "\n\n" + block + "\n")
+    )
     BENCHMARKS_MD.write_text(text)

@@ -49,7 +49,7 @@ def load_budget_block(name: str = BLOCK_NAME) -> MemoryBudget | None:
     if cached and time.monotonic() - cached[0] < _CACHE_S:
         return cached[1]
     try:
-        block: MemoryBudget | None = MemoryBudget.load(name)
+        block: MemoryBudget | None = MemoryBudget.load(name)  # type: ignore[assignment]
     except ValueError:
         block = None
     _cache[name] = (time.monotonic(), block)

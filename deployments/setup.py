@@ -48,8 +48,9 @@ def apply_limits(limits: Limits | None = None, budget: Budget | None = None) -> 
             for name in plan:
                 current = client.read_global_concurrency_limit_by_name(name)
                 if current.active_slots:
-                    log.warning("%s: %d slots held by no run: giving them back", name,
-                                current.active_slots)
+                    log.warning(
+                        "%s: %d slots held by no run: giving them back", name, current.active_slots
+                    )
                     client.update_global_concurrency_limit(
                         name, GlobalConcurrencyLimitUpdate(active_slots=0)
                     )

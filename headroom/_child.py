@@ -118,7 +118,7 @@ def main(call_file: str, result_file: str) -> None:
         body = _dump(payload)
     tmp = result_file + ".tmp"
     with open(tmp, "wb") as handle:
-        handle.write(body)
+        handle.write(body or b"")
     os.replace(tmp, result_file)
     sys.stdout.flush()
     # Skip interpreter teardown: big heaps take long to free and the parent is waiting.

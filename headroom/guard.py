@@ -96,7 +96,9 @@ def run_guarded_measured(
             code = child.returncode
             if code in (-signal.SIGKILL, 137):
                 oom_after = cgroup_oom_kills()
-                counted = oom_before is not None and oom_after is not None and oom_after > oom_before
+                counted = (
+                    oom_before is not None and oom_after is not None and oom_after > oom_before
+                )
                 detail = "the kernel's OOM killer" if counted else "SIGKILL from outside"
                 raise OutOfMemory("oom-killer", cap_mb, peak_mb, detail=detail)
             reason = f"signal {-code}" if code < 0 else f"exit status {code}"
@@ -118,8 +120,8 @@ def callable_path(func: Callable[..., Any] | str) -> tuple[str, str]:
         if not sep or not module_name or not qualname:
             raise ValueError(f"expected 'module:function', got {func!r}")
         return module_name, qualname
-    module_name = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
+    module_name = str(getattr(func, "__module__", "") or "")
+    qualname = str(getattr(func, "__qualname__", "") or "")
     if not module_name or not qualname or "<locals>" in qualname or "<lambda>" in qualname:
         raise ValueError(f"{func!r} is not importable by module and name; define it at top level")
     if module_name == "__main__":

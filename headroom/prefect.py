@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from uuid import UUID
 
 from pydantic import Field
 
@@ -113,8 +114,9 @@ def budgeted_task(
     hidden = {"cap_mb", chunk.param if chunk else None}
     visible = [p for n, p in signature.parameters.items() if n not in hidden]
     visible.append(
-        inspect.Parameter("chunk_scale", inspect.Parameter.KEYWORD_ONLY, default=1.0,
-                          annotation=float)
+        inspect.Parameter(
+            "chunk_scale", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation=float
+        )
     )
     spec = BudgetedSpec(
         target=f"{module_name}:{qualname}",
@@ -146,7 +148,7 @@ def budgeted_task(
     def retry_only_oom(task: Any, task_run: Any, state: Any) -> bool:
         return _should_retry(spec, str(task_run.id))
 
-    return task(
+    return task(  # type: ignore[call-overload]  # run's signature is built at runtime
         run,
         name=spec.name,
         tags=[tag],
@@ -185,9 +187,16 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
     if spec.chunk is not None:
         if previous is not None and previous.outcome in OOM_KINDS and previous.chunk:
             try:
-                size = shrink(spec.chunk, previous.chunk, cap, previous.peak_mb, task=spec.name,
-                              budget_mb=budget.mb, host_mb=(budget.host_bytes or 0) / (1 << 20),
-                              tag=spec.tag)
+                size = shrink(
+                    spec.chunk,
+                    previous.chunk,
+                    cap,
+                    previous.peak_mb,
+                    task=spec.name,
+                    budget_mb=budget.mb,
+                    host_mb=(budget.host_bytes or 0) / (1 << 20),
+                    tag=spec.tag,
+                )
             except ChunkFloorReached:
                 _tag_flow_run(flow_run_id, FLOW_TAG_FLOOR)
                 _forget(run_id)
@@ -208,12 +217,12 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
         with concurrency(memory_limit_name(), occupy=max(1, math.ceil(cap)), strict=True):
             started = time.time()
             if spec.isolate:
-                result = run_guarded_measured(spec.target, cap_mb=cap, timeout_s=spec.timeout_s,
-                                              **kwargs)
+                result = run_guarded_measured(
+                    spec.target, cap_mb=cap, timeout_s=spec.timeout_s, **kwargs
+                )
                 value, peak = result.value, result.peak_mb
                 if size:
-                    history.record(spec.name, input_size, size, result.peak_mb, cap,
-                                   result.base_mb)
+                    history.record(spec.name, input_size, size, result.peak_mb, cap, result.base_mb)
             else:
                 value = _run_in_process(spec, kwargs, cap)
     except OutOfMemory as exc:
@@ -224,15 +233,31 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
         outcome = ("transient:" if isinstance(exc, spec.transient) else "") + type(exc).__name__
         raise
     finally:
-        attempt = Attempt(spec.name, run_id, attempt_no, size, origin, cap, peak, started,
-                          time.time() - started, outcome)
+        attempt = Attempt(
+            spec.name,
+            run_id,
+            attempt_no,
+            size,
+            origin,
+            cap,
+            peak,
+            started,
+            time.time() - started,
+            outcome,
+        )
         with _attempts_lock:
             _attempts.setdefault(run_id, []).append(attempt)
         record_attempt(flow_run_id, attempt)
         logger.info(
             "attempt %d: %s=%s (%s), cap %.0f MiB, peak %s MiB, %.2f s: %s",
-            attempt_no, spec.chunk.param if spec.chunk else "chunk", size, origin or "-", cap,
-            "?" if peak is None else f"{peak:.0f}", attempt.seconds, outcome,
+            attempt_no,
+            spec.chunk.param if spec.chunk else "chunk",
+            size,
+            origin or "-",
+            cap,
+            "?" if peak is None else f"{peak:.0f}",
+            attempt.seconds,
+            outcome,
         )
         _publish_attempts(spec, run_id)
     _forget(run_id)
@@ -315,9 +340,9 @@ def _tag_flow_run(flow_run_id: str | None, tag: str) -> None:
 
     try:
         with get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run_id)
+            run = client.read_flow_run(UUID(flow_run_id))
             if tag not in run.tags:
-                client.update_flow_run(flow_run_id, tags=[*run.tags, tag])
+                client.update_flow_run(UUID(flow_run_id), tags=[*run.tags, tag])
     except Exception:
         pass
 
@@ -370,10 +395,12 @@ def map_bounded(
     running: dict[Any, int] = {}
     following = 0
     finished = 0
-    progress_id = None
+    progress_id: UUID | None = None
     if progress and pending:
         try:
-            progress_id = create_progress_artifact(0.0, description=f"{task.name}: items done")
+            progress_id = create_progress_artifact(  # type: ignore[assignment]
+                0.0, description=f"{task.name}: items done"
+            )
         except Exception:
             progress_id = None
     while following < len(pending) or running:
@@ -412,8 +439,11 @@ class ItemFailures(Exception):
 
 def raise_failures(outcomes: list[Outcome], what: str, name_of: Callable[[dict], str]) -> None:
     """After the good items are done, raise one error naming every failed item."""
-    failed = [(name_of(o.item), f"{type(o.error).__name__}: {o.error}")
-              for o in outcomes if o.error is not None]
+    failed = [
+        (name_of(o.item), f"{type(o.error).__name__}: {o.error}")
+        for o in outcomes
+        if o.error is not None
+    ]
     if failed:
         raise ItemFailures(what, failed)
 
@@ -430,8 +460,9 @@ def memory_report_hook(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         limits = Limits.load()
         budget = current_budget()
-        markdown = memory_report(str(flow_run.id), flow.name, budget.mb,
-                                 limits.host_limit_mb(budget))
+        markdown = memory_report(
+            str(flow_run.id), flow.name, budget.mb, limits.host_limit_mb(budget)
+        )
         if markdown is None:
             return
         with get_client(sync_client=True) as client:
@@ -463,8 +494,9 @@ def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
     if not getattr(flow_run, "deployment_id", None):
         log.warning("flow run %s crashed outside a deployment: not re-run", flow_run.name)
         return
-    done = max([int(t.rsplit("-", 1)[1]) for t in flow_run.tags
-                if t.startswith(RERUN_TAG + "-")] or [0])
+    done = max(
+        [int(t.rsplit("-", 1)[1]) for t in flow_run.tags if t.startswith(RERUN_TAG + "-")] or [0]
+    )
     if done >= MAX_CRASH_RERUNS:
         log.error("flow run %s crashed after %d re-runs: giving up", flow_run.name, done)
         return
@@ -473,7 +505,7 @@ def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
     parameters["chunk_scale"] = scale
     tags = [t for t in flow_run.tags if not t.startswith(RERUN_TAG)]
     reason = (state.message or "crashed").splitlines()[0][:80]
-    new_run = run_deployment(
+    new_run: Any = run_deployment(
         flow_run.deployment_id,
         parameters=parameters,
         flow_run_name=f"{flow_run.name}-rerun{done + 1}-scale{scale:g}",
@@ -481,8 +513,13 @@ def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
         timeout=0,
         as_subflow=False,
     )
-    log.warning("flow run %s crashed (%s): started %s with chunk_scale %.3g",
-                flow_run.name, reason, new_run.name, scale)
+    log.warning(
+        "flow run %s crashed (%s): started %s with chunk_scale %.3g",
+        flow_run.name,
+        reason,
+        new_run.name,
+        scale,
+    )
 
 
 FLOW_HOOKS: dict[str, list[Callable[..., None]]] = {

@@ -78,8 +78,9 @@ def timeline_png(attempts: list[Attempt], budget_mb: float, host_limit_mb: float
     import matplotlib.pyplot as plt
 
     start = min(a.started for a in attempts)
-    edges = sorted({a.started - start for a in attempts} | {a.started + a.seconds - start
-                                                              for a in attempts})
+    edges = sorted(
+        {a.started - start for a in attempts} | {a.started + a.seconds - start for a in attempts}
+    )
     peaks, caps = [], []
     for t in edges:
         live = [a for a in attempts if a.started - start <= t < a.started + a.seconds - start]
@@ -87,11 +88,18 @@ def timeline_png(attempts: list[Attempt], budget_mb: float, host_limit_mb: float
         caps.append(sum(a.cap_mb for a in live))
     figure, axis = plt.subplots(figsize=(9, 3.6), dpi=100)
     axis.step(edges, caps, where="post", label="caps of running tasks", color="#7f7f7f")
-    axis.fill_between(edges, peaks, step="post", alpha=0.5, color="#1f77b4",
-                      label="peaks of running tasks")
-    axis.axhline(budget_mb, color="#d62728", linestyle="--", label=f"budget {format_mib(budget_mb)}")
-    axis.axhline(host_limit_mb, color="#ff7f0e", linestyle=":",
-                 label=f"task memory limit {format_mib(host_limit_mb)}")
+    axis.fill_between(
+        edges, peaks, step="post", alpha=0.5, color="#1f77b4", label="peaks of running tasks"
+    )
+    axis.axhline(
+        budget_mb, color="#d62728", linestyle="--", label=f"budget {format_mib(budget_mb)}"
+    )
+    axis.axhline(
+        host_limit_mb,
+        color="#ff7f0e",
+        linestyle=":",
+        label=f"task memory limit {format_mib(host_limit_mb)}",
+    )
     for a in attempts:
         if a.outcome != "ok":
             axis.axvline(a.started + a.seconds - start, color="#d62728", alpha=0.3)
@@ -107,8 +115,9 @@ def timeline_png(attempts: list[Attempt], budget_mb: float, host_limit_mb: float
     return buffer.getvalue()
 
 
-def memory_report(flow_run_id: str, flow_name: str, budget_mb: float,
-                  host_limit_mb: float) -> str | None:
+def memory_report(
+    flow_run_id: str, flow_name: str, budget_mb: float, host_limit_mb: float
+) -> str | None:
     """Markdown for a flow run: the memory chart (PNG file + embedded) and the attempts."""
     attempts = load_attempts(flow_run_id)
     if not attempts:
@@ -135,6 +144,8 @@ def memory_report(flow_run_id: str, flow_name: str, budget_mb: float,
     ]
     for a in sorted(attempts, key=lambda a: a.started):
         peak = "" if a.peak_mb is None else f"{a.peak_mb:.0f}"
-        lines.append(f"| {a.task} | {a.attempt} | {a.chunk or ''} | {a.cap_mb:.0f} | {peak} | "
-                     f"{a.seconds:.2f} | {a.outcome} |")
+        lines.append(
+            f"| {a.task} | {a.attempt} | {a.chunk or ''} | {a.cap_mb:.0f} | {peak} | "
+            f"{a.seconds:.2f} | {a.outcome} |"
+        )
     return "\n".join(lines)

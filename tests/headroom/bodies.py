@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 
-def grow_with_chunk(total_rows: int, rows_per_chunk: int, bytes_per_row: int = 1024,
-                    hold_s: float = 0.05) -> dict[str, int]:
+def grow_with_chunk(
+    total_rows: int, rows_per_chunk: int, bytes_per_row: int = 1024, hold_s: float = 0.05
+) -> dict[str, int]:
     """Holds one chunk of rows at a time: memory grows with the chunk size."""
     done = chunks = 0
     while done < total_rows:

@@ -59,8 +59,10 @@ def test_over_cap_task_retries_smaller_and_completes():
         assert FLOW_TAG_OOM in run.tags
         artifacts = client.read_artifacts()
     tables = [a for a in artifacts if a.type == "table" and a.flow_run_id == run.id]
-    assert any(len(a.data if isinstance(a.data, list) else __import__("json").loads(a.data)) == 2
-               for a in tables)
+    assert any(
+        len(a.data if isinstance(a.data, list) else __import__("json").loads(a.data)) == 2
+        for a in tables
+    )
 
 
 def test_value_error_fails_once_without_retry():
@@ -79,8 +81,9 @@ def test_value_error_fails_once_without_retry():
 def test_tag_limit_three_is_never_exceeded():
     @flow
     def twelve():
-        outcomes = map_bounded(sleep_three, [{"seconds": 1.0, "label": str(i)} for i in range(12)],
-                               max_workers=12)
+        outcomes = map_bounded(
+            sleep_three, [{"seconds": 1.0, "label": str(i)} for i in range(12)], max_workers=12
+        )
         return [o.value for o in outcomes]
 
     spans = twelve()
@@ -93,8 +96,9 @@ def test_memory_weighted_admission_bounds_overlap():
     # tag would let ten run.
     @flow
     def heavy():
-        outcomes = map_bounded(sleep_heavy, [{"seconds": 1.0, "label": str(i)} for i in range(4)],
-                               max_workers=4)
+        outcomes = map_bounded(
+            sleep_heavy, [{"seconds": 1.0, "label": str(i)} for i in range(4)], max_workers=4
+        )
         return [o.value for o in outcomes]
 
     spans = heavy()
@@ -107,8 +111,13 @@ def test_dask_worker_survives_an_over_cap_task():
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      memory_limit="2GiB", dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit="2GiB",
+        dashboard_address=None,
+    ) as cluster:
         with Client(cluster) as client:
             before = client.run(os.getpid)
 

@@ -1,0 +1,60 @@
+"""OOM drill: a synthetic guarded job that overshoots its cap, is retried smaller, and is
+right-sized from history on the next run. Shows the mechanism every workload uses."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+from prefect import flow, get_run_logger
+from pydantic import Field
+
+from flows import oom_drill_body
+from headroom import Chunking, History
+from headroom.prefect import FLOW_HOOKS, ChunkScale, MaxWorkers, budgeted_task, map_bounded
+
+checksum_part = budgeted_task(
+    oom_drill_body.checksum_rows,
+    tag="fraud-gen",
+    # 600,000 rows of 1 KiB is ~590 MiB: deliberately more than the 400 MiB cap of fraud-gen.
+    chunk=Chunking("rows_per_chunk", default=600_000, floor=2_000),
+    input_bytes=lambda kw: kw["rows"] * kw.get("bytes_per_row", 1024),
+    name="checksum-part",
+)
+
+
+@flow(name="oom-drill", **FLOW_HOOKS)
+def oom_drill(
+    parts: Annotated[int, Field(ge=1, le=64)] = 2,
+    rows: Annotated[int, Field(ge=1, le=10_000_000)] = 600_000,
+    max_workers: MaxWorkers = 2,
+    chunk_scale: ChunkScale = 1.0,
+) -> list[dict]:
+    """Checksum ``parts`` parts of ``rows`` rows each under the fraud-gen cap."""
+    outcomes = map_bounded(
+        checksum_part,
+        [{"part": part, "rows": rows} for part in range(parts)],
+        max_workers=max_workers,
+        chunk_scale=chunk_scale,
+    )
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise failed[0].error  # type: ignore[misc]
+    values = [o.value for o in outcomes]
+    get_run_logger().info("checksums: %s", ", ".join(v["sha256"] for v in values))
+    return values
+
+
+def demo(workdir: Path) -> str:
+    """Two runs: the first learns (OOM, retry smaller), the second starts right-sized."""
+    History().forget("checksum-part")  # start unlearned, so the first run shows the retry
+    started = time.monotonic()
+    first = oom_drill(parts=2, rows=600_000)
+    second = oom_drill(parts=2, rows=600_000)
+    same = [v["sha256"] for v in first] == [v["sha256"] for v in second]
+    return (
+        f"oom-drill: run 1 chunk {first[0]['rows_per_chunk']:,} rows after OOM retry, run 2 "
+        f"started at {second[0]['rows_per_chunk']:,} from history; checksums equal: {same}; "
+        f"{time.monotonic() - started:.1f} s"
+    )

@@ -1,0 +1,105 @@
+"""Budget detection from fake cgroup v1 and v2 trees, the host, and overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from headroom import Budget, parse_size
+from headroom.units import duckdb_limit
+
+GIB = 1 << 30
+
+
+def _proc(root: Path, cgroup_lines: str, mem_total_kb: int = 16 * 1024 * 1024) -> Path:
+    proc = root / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(cgroup_lines)
+    (proc / "meminfo").write_text(f"MemTotal:       {mem_total_kb} kB\nMemFree: 1 kB\n")
+    return proc
+
+
+def _write(path: Path, text: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ("memory.max" if "v2" in str(path) else "memory.limit_in_bytes")).write_text(text)
+
+
+def test_v2_takes_the_tightest_ancestor(tmp_path):
+    proc = _proc(tmp_path, "0::/outer/inner/leaf\n")
+    root = tmp_path / "v2"
+    _write(root / "outer", str(6 * GIB))
+    _write(root / "outer" / "inner", str(3 * GIB))  # the tighter ancestor
+    _write(root / "outer" / "inner" / "leaf", "max")
+    budget = Budget.detect(fraction=0.5, proc_root=proc, cgroup_root=root, environ={})
+    assert budget.bytes == int(3 * GIB * 0.5)
+    assert budget.cgroup_bytes == 3 * GIB
+    assert "cgroup" in budget.source and "inner" in budget.source
+
+
+def test_v1_memory_controller(tmp_path):
+    proc = _proc(tmp_path, "5:cpu:/x\n4:memory:/docker/abc\n0::/\n")
+    root = tmp_path / "v1"
+    _write(root / "memory", str(9223372036854771712))  # unlimited at the root
+    _write(root / "memory" / "docker", str(8 * GIB))
+    _write(root / "memory" / "docker" / "abc", str(2 * GIB))
+    budget = Budget.detect(proc_root=proc, cgroup_root=root, environ={})
+    assert budget.bytes == int(2 * GIB * 0.8)
+    assert budget.mb == pytest.approx(2 * 1024 * 0.8, rel=1e-6)
+
+
+def test_no_cgroup_limit_uses_host_memory(tmp_path):
+    proc = _proc(tmp_path, "4:memory:/\n", mem_total_kb=4 * 1024 * 1024)
+    root = tmp_path / "v1"
+    _write(root / "memory", str(9223372036854771712))
+    budget = Budget.detect(proc_root=proc, cgroup_root=root, environ={})
+    assert budget.bytes == int(4 * GIB * 0.8)
+    assert budget.cgroup_bytes is None
+    assert "host memory" in budget.source
+
+
+def test_namespaced_path_that_does_not_exist_falls_back_to_mount_root(tmp_path):
+    proc = _proc(tmp_path, "4:memory:/process_api/abc123\n")
+    root = tmp_path / "v1"
+    _write(root / "memory", str(1 * GIB))
+    budget = Budget.detect(fraction=1.0, proc_root=proc, cgroup_root=root, environ={})
+    assert budget.bytes == GIB
+
+
+def test_override_wins_as_given_and_warns_when_too_big(tmp_path, caplog):
+    proc = _proc(tmp_path, "0::/\n", mem_total_kb=1024 * 1024)  # a 1 GiB host
+    root = tmp_path / "v2"
+    root.mkdir()
+    budget = Budget.detect(
+        proc_root=proc, cgroup_root=root, environ={"HEADROOM_MEMORY_LIMIT": "1500MB"}
+    )
+    assert budget.bytes == 1_500_000_000
+    assert "HEADROOM_MEMORY_LIMIT" in budget.source
+    assert "exceeds" in caplog.text
+    assert Budget.detect("2GiB", proc_root=proc, cgroup_root=root, environ={}).bytes == 2 * GIB
+
+
+def test_per_task_divides_and_gpu_never_raises():
+    budget = Budget(3000 * (1 << 20), "test")
+    assert budget.per_task(10) == 300
+    with pytest.raises(ValueError):
+        budget.per_task(0)
+    devices = Budget.gpu()
+    assert devices is None or all(d.total_mb > 0 for d in devices)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("2GiB", 2 * GIB), ("1500MB", 1_500_000_000), ("512 MiB", 512 << 20), ("100", 100)],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+def test_parse_size_names_the_parameter():
+    with pytest.raises(ValueError, match="HEADROOM_MEMORY_LIMIT"):
+        parse_size("lots", name="HEADROOM_MEMORY_LIMIT")
+
+
+def test_duckdb_gets_explicit_mib():
+    assert duckdb_limit(300.7) == "300MiB"

@@ -1,0 +1,110 @@
+"""The guard with real child processes that really exceed their caps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from headroom import ChildFailed, GuardTimeout, OutOfMemory, run_guarded, run_guarded_measured
+from tests.headroom import workers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_returns_the_value():
+    assert run_guarded(workers.add, 2, 3, cap_mb=200) == 5
+
+
+def test_over_cap_child_is_killed_near_the_cap_and_parent_goes_on():
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(workers.allocate, 2000, 50, cap_mb=300)
+    error = caught.value
+    assert error.kind == "watchdog"
+    assert error.cap_mb == 300
+    assert 300 < error.peak_mb < 300 * 1.15
+    # the parent is healthy and the next call works
+    assert run_guarded(workers.allocate, 100, 50, cap_mb=300) == 2
+
+
+def test_sigkill_not_sent_by_us_is_oom_killer():
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(workers.kill_self, cap_mb=200)
+    assert caught.value.kind == "oom-killer"
+
+
+def test_memory_error_is_allocator():
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(workers.raise_memory_error, cap_mb=200)
+    assert caught.value.kind == "allocator"
+
+
+def test_real_duckdb_out_of_memory_is_allocator():
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(workers.duckdb_big_sort, "32MiB", cap_mb=2000)
+    assert caught.value.kind == "allocator"
+    assert "Out of Memory" in str(caught.value)
+
+
+def test_value_error_comes_back_as_value_error_with_child_traceback():
+    with pytest.raises(ValueError, match="bad line 3") as caught:
+        run_guarded(workers.raise_value_error, "bad line 3", cap_mb=200)
+    assert any("raise_value_error" in note for note in caught.value.__notes__)
+
+
+def test_timeout_kills_a_hung_child():
+    started = time.monotonic()
+    with pytest.raises(GuardTimeout):
+        run_guarded(workers.sleep_forever, cap_mb=200, timeout_s=1.0)
+    assert time.monotonic() - started < 10
+
+
+def test_lambda_is_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="not importable"):
+        run_guarded(lambda: 1, cap_mb=100)
+
+
+def test_crash_without_result_is_child_failed():
+    with pytest.raises(ChildFailed, match="signal"):
+        run_guarded("os:abort", cap_mb=100)
+
+
+def test_measured_reports_peak_and_base():
+    result = run_guarded_measured(workers.allocate, 200, 50, cap_mb=1000)
+    assert result.value == 4
+    assert 190 < result.peak_mb < 320
+    assert 0 < result.base_mb < 100
+
+
+def test_killing_the_parent_kills_the_child(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from headroom import run_guarded\n"
+        f"run_guarded('tests.headroom.workers:spawn_and_wait', {str(pidfile)!r}, cap_mb=200)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline, "the guarded child never started"
+        time.sleep(0.05)
+    child_pid = int(pidfile.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child_pid):
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return "State:\tZ" not in handle.read()
+    except FileNotFoundError:
+        return False
