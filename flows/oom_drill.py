@@ -1,8 +1,6 @@
 """OOM drill: a synthetic guarded job that overshoots its cap, is retried smaller, and is
 right-sized from history on the next run. Shows the mechanism every workload uses."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 from typing import Annotated
