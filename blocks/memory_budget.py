@@ -54,3 +54,8 @@ def load_budget_block(name: str = BLOCK_NAME) -> MemoryBudget | None:
         block = None
     _cache[name] = (time.monotonic(), block)
     return block
+
+
+def forget_cached_block() -> None:
+    """Drop the cached block so the next load reads the server (after an edit)."""
+    _cache.clear()
