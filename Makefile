@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# A loaded 2-core machine can take longer than the default 20 s to start the ephemeral server.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export HEADROOM_STATE_DIR ?= $(CURDIR)/.headroom
 # The demo runs under a fixed budget so it behaves the same on any machine.

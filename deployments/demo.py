@@ -30,6 +30,7 @@ WORKLOADS = [
 def _embedded_defaults() -> None:
     os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("HEADROOM_STATE_DIR", str(ROOT / ".headroom"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

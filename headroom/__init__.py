@@ -16,7 +16,7 @@ from headroom.errors import (
     TerminalError,
     is_terminal,
 )
-from headroom.guard import GuardResult, run_guarded, run_guarded_measured
+from headroom.guard import GuardResult, guarded_call, run_guarded, run_guarded_measured
 from headroom.history import History, state_dir
 from headroom.units import duckdb_limit, format_mib, parse_size
 
@@ -36,6 +36,7 @@ __all__ = [
     "duckdb_limit",
     "first_size",
     "format_mib",
+    "guarded_call",
     "is_terminal",
     "next_size",
     "parse_size",

@@ -61,6 +61,20 @@ def run_guarded_measured(
     **kwargs: Any,
 ) -> GuardResult:
     """Like :func:`run_guarded`, and also report the child tree's peak memory and seconds."""
+    return guarded_call(func, args, kwargs, cap_mb=cap_mb, timeout_s=timeout_s)
+
+
+def guarded_call(
+    func: Callable[..., Any] | str,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    cap_mb: float,
+    timeout_s: float | None = None,
+) -> GuardResult:
+    """The guard with the call's arguments passed as a tuple and a dict, so that a function
+    may itself take parameters named ``cap_mb`` or ``timeout_s``."""
+    kwargs = kwargs or {}
     if cap_mb <= 0:
         raise ValueError(f"cap_mb must be positive, got {cap_mb}")
     module_name, qualname = callable_path(func)

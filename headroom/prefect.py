@@ -23,7 +23,7 @@ from pydantic import Field
 from headroom.budget import Budget
 from headroom.chunks import Chunking, first_size, shrink
 from headroom.errors import ChunkFloorReached, OutOfMemory, TerminalError
-from headroom.guard import callable_path, run_guarded_measured
+from headroom.guard import callable_path, guarded_call
 from headroom.history import History
 from headroom.limits import Limits, memory_limit_name
 from headroom.report import Attempt, memory_report, record_attempt
@@ -96,12 +96,14 @@ def budgeted_task(
     name: str | None = None,
     timeout_s: float | None = None,
     retry_delay_s: float = 0.0,
+    extra_tags: tuple[str, ...] = (),
 ):
     """Declare a budgeted Prefect task over ``body`` (a top-level function of a module that does
     not import prefect).
 
     The task's parameters are the body's, less the chunk parameter and ``cap_mb`` (which
-    headroom fills in), plus ``chunk_scale``.
+    headroom fills in), plus ``chunk_scale``. ``tag`` gives the cap; ``extra_tags`` are further
+    tag limits the task also holds a slot of (e.g. ``gpu`` beside the workload's tag).
     """
     from prefect import task
     from prefect.cache_policies import NO_CACHE
@@ -151,7 +153,7 @@ def budgeted_task(
     return task(  # type: ignore[call-overload]  # run's signature is built at runtime
         run,
         name=spec.name,
-        tags=[tag],
+        tags=[tag, *extra_tags],
         retries=oom_retries + retries,
         retry_delay_seconds=retry_delay_s,
         retry_condition_fn=retry_only_oom,
@@ -217,9 +219,7 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
         with concurrency(memory_limit_name(), occupy=max(1, math.ceil(cap)), strict=True):
             started = time.time()
             if spec.isolate:
-                result = run_guarded_measured(
-                    spec.target, cap_mb=cap, timeout_s=spec.timeout_s, **kwargs
-                )
+                result = guarded_call(spec.target, (), kwargs, cap_mb=cap, timeout_s=spec.timeout_s)
                 value, peak = result.value, result.peak_mb
                 if size:
                     history.record(spec.name, input_size, size, result.peak_mb, cap, result.base_mb)

@@ -20,6 +20,7 @@ import pytest
 _STATE = Path(tempfile.mkdtemp(prefix="headroom-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["HEADROOM_STATE_DIR"] = str(_STATE / "headroom")
 # A fixed budget: tests must not depend on how big the machine is.

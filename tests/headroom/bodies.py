@@ -29,3 +29,8 @@ def sleep_for(seconds: float, label: str = "") -> dict[str, float]:
     started = time.time()
     time.sleep(seconds)
     return {"label": label, "started": started, "ended": time.time()}
+
+
+def report_cap(cap_mb: float, rows_per_chunk: int) -> dict[str, float]:
+    """A body that sizes its own buffers from the cap headroom gives it."""
+    return {"cap_mb": cap_mb, "rows_per_chunk": rows_per_chunk}

@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 
 from headroom import Chunking
-from headroom.prefect import FLOW_TAG_OOM, map_bounded
+from headroom.prefect import FLOW_HOOKS, FLOW_TAG_OOM, map_bounded
 from headroom.prefect import budgeted_task as budgeted
 from headroom.report import load_attempts
 from tests.headroom import bodies
@@ -25,6 +25,9 @@ grow = budgeted(
     oom_retries=3,
 )
 reject = budgeted(bodies.fail_with_value_error, tag="test-oom", oom_retries=3)
+with_cap = budgeted(
+    bodies.report_cap, tag="test-oom", chunk=Chunking("rows_per_chunk", default=1000, floor=10)
+)
 sleep_three = budgeted(bodies.sleep_for, tag="test-three")
 sleep_heavy = budgeted(bodies.sleep_for, tag="test-weighted")
 
@@ -40,7 +43,7 @@ def _overlap(spans: list[dict]) -> int:
 
 
 def test_over_cap_task_retries_smaller_and_completes():
-    @flow
+    @flow(**FLOW_HOOKS)
     def shrinking():
         return grow(total_rows=400_000, bytes_per_row=1024)
 
@@ -58,11 +61,22 @@ def test_over_cap_task_retries_smaller_and_completes():
         run = client.read_flow_run(flow_run_id)
         assert FLOW_TAG_OOM in run.tags
         artifacts = client.read_artifacts()
+    reports = [a for a in artifacts if a.key == "memory-report" and a.flow_run_id == run.id]
+    assert reports and "data:image/png;base64," in reports[0].data
+    assert "| grow-with-chunk | 1 |" in reports[0].data and "watchdog" in reports[0].data
     tables = [a for a in artifacts if a.type == "table" and a.flow_run_id == run.id]
     assert any(
         len(a.data if isinstance(a.data, list) else __import__("json").loads(a.data)) == 2
         for a in tables
     )
+
+
+def test_body_taking_cap_mb_gets_its_cap_and_chunk():
+    @flow
+    def capped():
+        return with_cap(chunk_scale=0.5)
+
+    assert capped() == {"cap_mb": 300.0, "rows_per_chunk": 500}
 
 
 def test_value_error_fails_once_without_retry():
