@@ -1,0 +1,52 @@
+"""The stream_stats flow on a temporary Prefect server, embedded source, real DuckDB sink."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows import stream_stats_core as core
+from flows.stream_sources import fraud_dataset, read_events
+from flows.stream_stats import stream_stats
+
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
+
+
+def test_bounded_runs_continue_each_other_and_publish_metrics(tmp_path):
+    dataset = fraud_dataset(tmp_path / "fraud", transactions=30_000, seed=2, files=3, days=1)
+    sink = str(tmp_path / "stats.duckdb")
+    common = dict(
+        source=str(dataset),
+        sink=sink,
+        window="5min",
+        watermark="10min",
+        max_batch=8_000,
+        backend="auto",
+    )
+    first = stream_stats(**common, max_events=12_000)
+    assert first["events"] == 12_000 and first["backend"] in ("cpu", "gpu")
+    assert first["lag"]["remaining_events"] == 18_000
+    state = stream_stats(**common, max_duration="2min", return_state=True)
+    assert state.is_completed(), state.message
+    second = state.result()
+    assert second["events"] == 18_000 and second["lag"]["remaining_events"] == 0
+    spec = core.StreamParams(source="x", sink="x", window="5min", watermark="10min").spec()
+    assert core.compare_with_baseline(sink, read_events(dataset), spec) == []
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    keys = {a.key for a in artifacts if a.flow_run_id == state.state_details.flow_run_id}
+    assert {"stream-stats-metrics", "stream-stats-calls"} <= keys
+
+
+def test_bad_parameters_fail_before_any_work(tmp_path):
+    state = stream_stats(
+        source=str(tmp_path),
+        sink=str(tmp_path / "s.duckdb"),
+        window="1min",
+        slide="7s",
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "window" in state.message or "slide" in state.message
+    assert not (tmp_path / "s.duckdb").exists()
