@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from headroom.storage import S3Settings, Storage, open_storage
+from headroom.storage import S3Settings, Storage, is_location, open_storage
 
 
 class OutputStorage(Block):
@@ -48,7 +48,7 @@ def resolve_out(out: str) -> Storage:
     """`out` as a Storage: a local path, an s3:// URL, or the name of an OutputStorage block."""
     from headroom.errors import BadInput
 
-    if "/" in out or "\\" in out or out.startswith(".") or ":" in out:
+    if is_location(out):
         return open_storage(out)
     try:
         return OutputStorage.load(out).open()

@@ -123,6 +123,11 @@ class Storage:
             pass
 
 
+def is_location(out: str) -> bool:
+    """True when ``out`` is a path or URL rather than the name of a storage block."""
+    return any(c in out for c in "/\\:") or out.startswith(".") or os.path.isdir(out)
+
+
 def open_storage(out: str | os.PathLike[str], s3: S3Settings | None = None) -> Storage:
     """A local path, ``file://`` URL or ``s3://bucket/prefix`` as a :class:`Storage`."""
     import pyarrow.fs as pafs
