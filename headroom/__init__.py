@@ -16,7 +16,14 @@ from headroom.errors import (
     TerminalError,
     is_terminal,
 )
-from headroom.guard import GuardResult, guarded_call, run_guarded, run_guarded_measured
+from headroom.guard import (
+    GuardResult,
+    current_cap_mb,
+    duckdb_share,
+    guarded_call,
+    run_guarded,
+    run_guarded_measured,
+)
 from headroom.history import History, state_dir
 from headroom.units import duckdb_limit, format_mib, parse_size
 
@@ -33,7 +40,9 @@ __all__ = [
     "History",
     "OutOfMemory",
     "TerminalError",
+    "current_cap_mb",
     "duckdb_limit",
+    "duckdb_share",
     "first_size",
     "format_mib",
     "guarded_call",

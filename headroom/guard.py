@@ -252,6 +252,24 @@ def _kill_tree(child: subprocess.Popen[bytes]) -> None:
     child.wait()
 
 
+def current_cap_mb() -> float | None:
+    """The cap of the guarded child this code runs in ($HEADROOM_CAP_MB, set by the guard),
+    or None outside one. For code deep in a body that sizes buffers from the cap."""
+    try:
+        return float(os.environ["HEADROOM_CAP_MB"]) or None
+    except (KeyError, ValueError):
+        return None
+
+
+def duckdb_share(fraction: float = 0.4, default_mb: float = 256.0, floor_mb: float = 64.0) -> str:
+    """A DuckDB memory_limit of ``fraction`` of this child's cap (the rest holds Arrow buffers
+    and the interpreter), or ``default_mb`` outside a guarded child."""
+    from headroom.units import duckdb_limit
+
+    cap = current_cap_mb()
+    return duckdb_limit(max(floor_mb, cap * fraction) if cap else default_mb)
+
+
 def memory_of(pid: int) -> float:
     """RssAnon + RssShmem of one process in MiB (0 if it is gone)."""
     fields = _status_kb(pid)

@@ -108,3 +108,11 @@ def _alive(pid: int) -> bool:
             return "State:\tZ" not in handle.read()
     except FileNotFoundError:
         return False
+
+
+def test_the_child_knows_its_cap():
+    from headroom import current_cap_mb, duckdb_share
+
+    assert run_guarded(current_cap_mb, cap_mb=123) == 123
+    assert run_guarded(duckdb_share, 0.5, cap_mb=1000) == "500MiB"
+    assert current_cap_mb() is None  # not inside a guarded child

@@ -1,0 +1,611 @@
+"""Raw files to the Parquet dataset: staging per file, atomic publication per partition.
+
+1. :func:`convert_files` parses each raw file with its ISO's streaming reader and writes its
+   rows to local staging, one Parquet file per UTC month it touches, row groups of at most
+   ``rows_per_chunk`` rows. A file's staging directory appears whole (rename) or not at all;
+   an unchanged file (same size and modification time) is not parsed again.
+2. :func:`publish_partition` builds one ``iso/market/year/month`` partition from every staged
+   file of that month with DuckDB (memory-limited, spills): when several rows share
+   (market, location, interval) the later revision wins (PJM ``version_nbr``, else the later
+   file by modification time, then name). It writes a new version directory, then swaps the
+   partition's ``_manifest.json`` pointer (atomic), then deletes older versions. Readers follow
+   the manifest (:func:`current_files`); re-converting a month replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flows.iso_lmp import ISOS, iso_format
+from flows.iso_lmp.base import CANONICAL_COLUMNS, IsoParseError, Market, canonical_schema
+from headroom.guard import duckdb_share
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    from headroom.storage import Storage
+
+log = logging.getLogger(__name__)
+
+STAGING = "_staging"
+MARKER = "source.json"
+MANIFEST = "_manifest.json"
+STAGING_VERSION = 2
+KEY_LIMIT_ROWS = 2_000_000
+"""Above this many rows in one file, duplicates are found by DuckDB on disk, not in memory."""
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """A raw file as published, with the ISO, market and operating day its name tells."""
+
+    iso: str
+    market: Market
+    day: date
+    path: Path
+
+
+def discover(
+    raw: Path,
+    isos: Iterable[str],
+    markets: Iterable[Market] | None,
+    start: date,
+    end: date,
+) -> list[RawFile]:
+    """Raw files of ``isos`` and ``markets`` for days ``start``..``end`` (inclusive) in ``raw``
+    or its per-ISO sub-directories, in (iso, market, day, name) order."""
+    wanted = set(markets) if markets is not None else None
+    found: dict[Path, RawFile] = {}
+    for iso in isos:
+        fmt = iso_format(iso)
+        for directory in (raw, raw / fmt.iso_id.lower(), raw / fmt.iso_id):
+            if not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                market = fmt.market_of(path.name)
+                if market is None or (wanted is not None and market not in wanted):
+                    continue
+                day = fmt.day_of(path.name)
+                if day is not None and start <= day <= end and path.is_file():
+                    found[path.resolve()] = RawFile(fmt.iso_id, market, day, path)
+    return sorted(found.values(), key=lambda f: (f.iso, f.market.value, f.day, f.path.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Staging
+
+
+def staging_root_for(raw: str | os.PathLike[str]) -> Path:
+    """Where converted files wait for publication: next to the raw files, never published."""
+    return Path(raw) / STAGING
+
+
+def convert_files(
+    iso: str,
+    files: list[str],
+    staging: str,
+    rows_per_chunk: int,
+    out: str | None = None,
+) -> dict[str, Any]:
+    """Convert raw files of one ISO in turn (a bad file is reported, the others go on); with
+    ``out``, then publish every (market, month) partition they touch."""
+    fmt = iso_format(iso)
+    results = []
+    for name in files:
+        started = time.monotonic()
+        market = fmt.market_of(Path(name).name)
+        try:
+            if market is None:
+                raise IsoParseError(name, f"not a {fmt.iso_id} price file name")
+            result = convert_file(iso, market.value, name, staging, rows_per_chunk)
+        except (IsoParseError, OSError) as exc:
+            log.warning("%s: %s", name, exc)
+            result = {"file": name, "error": str(exc)}
+        result["seconds"] = round(time.monotonic() - started, 3)
+        result["market"] = market.value if market else None
+        results.append(result)
+    partitions: list[dict[str, Any]] = []
+    if out is not None:
+        touched = sorted({(r["market"], m) for r in results for m in r.get("months", [])})
+        partitions = publish_partitions(iso, touched, staging, out, rows_per_chunk)
+    return {"iso": fmt.iso_id, "files": results, "partitions": partitions}
+
+
+def convert_file(
+    iso: str,
+    market: str,
+    path: str,
+    staging: str,
+    rows_per_chunk: int,
+    key_limit: int = KEY_LIMIT_ROWS,
+) -> dict[str, Any]:
+    """Stage one raw file (skipped when unchanged); returns its rows and UTC months."""
+    import pyarrow.parquet as pq
+
+    fmt, kind, source = iso_format(iso), Market(market), Path(path)
+    stat = source.stat()
+    signature = {
+        "file": source.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "version": STAGING_VERSION,
+    }
+    final = Path(staging) / fmt.iso_id / kind.value / source.name
+    previous = _read_marker(final)
+    if previous and all(previous.get(k) == v for k, v in signature.items()):
+        return {
+            "file": path,
+            "rows": previous["rows"],
+            "months": previous["months"],
+            "skipped": True,
+        }
+    temporary = final.parent / f".tmp-{uuid.uuid4().hex[:8]}-{source.name}"
+    temporary.mkdir(parents=True)
+    writers: dict[str, pq.ParquetWriter] = {}
+    keys = DuplicateKeys(source, fmt.time_column, key_limit)
+    rows = 0
+    spans: dict[str, list[int]] = {}
+    try:
+        for table in fmt.read(source, kind, rows_per_chunk):
+            rows += table.num_rows
+            keys.add(table)
+            for month, part in _by_month(table):
+                _widen(spans, month, part)
+                if month not in writers:
+                    writers[month] = pq.ParquetWriter(  # local and short-lived: no compression
+                        temporary / f"{month}.parquet",
+                        canonical_schema(staging=True),
+                        compression="none",
+                    )
+                writers[month].write_table(part, row_group_size=rows_per_chunk)
+        for writer in writers.values():
+            writer.close()
+        writers.clear()
+        keys.check(sorted(temporary.glob("*.parquet")))
+        marker = {
+            **signature,
+            "rows": rows,
+            "months": sorted(spans),
+            "spans": spans,
+            "revised": keys.revised,
+        }
+        (temporary / MARKER).write_text(json.dumps(marker))
+        _swap_directory(temporary, final)
+    except BaseException:
+        for writer in writers.values():
+            writer.close()
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    log.info("%s: %d rows staged in %d months", source.name, rows, len(marker["months"]))
+    return {"file": path, "rows": rows, "months": marker["months"], "skipped": False}
+
+
+def _read_marker(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _months(directory: Path) -> list[str]:
+    return [p.stem for p in directory.glob("*.parquet")]
+
+
+def _by_month(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """Split a table by the UTC month (``YYYY-MM``) of its interval starts."""
+    import numpy as np
+    import pyarrow as pa
+
+    starts = table.column("interval_start_utc").combine_chunks().cast(pa.int64()).to_numpy()
+    months = starts.astype("datetime64[us]").astype("datetime64[M]")
+    distinct = np.unique(months)
+    if len(distinct) == 1:
+        yield str(distinct[0]), table
+        return
+    for month in distinct:
+        yield str(month), table.filter(pa.array(months == month))
+
+
+def _widen(spans: dict[str, list[int]], month: str, table: pa.Table) -> None:
+    """Keep each month's first and last interval start (us): publication skips the
+    de-duplication when no two files' spans overlap."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bounds = pc.min_max(table.column("interval_start_utc").cast(pa.timestamp("us")).cast("int64"))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    span = spans.setdefault(month, [low, high])
+    span[0], span[1] = min(span[0], low), max(span[1], high)
+
+
+def _swap_directory(temporary: Path, final: Path) -> None:
+    """Replace ``final`` with ``temporary``: readers see the old whole or the new whole."""
+    old = None
+    if final.exists():
+        old = final.parent / f".old-{uuid.uuid4().hex[:8]}-{final.name}"
+        os.rename(final, old)
+    os.rename(temporary, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class DuplicateKeys:
+    """Finds a (location, interval, revision) that a file carries twice: not a DST repeat."""
+
+    def __init__(self, path: Path, column: str, limit: int) -> None:
+        self.path, self.column, self.limit = path, column, limit
+        self.codes: dict[str, int] = {}
+        self.names: list[str] = []
+        self.parts: list[np.ndarray] = []
+        self.rows = 0
+        self.revised = False
+        """Whether a (location, interval) comes in more than one revision."""
+
+    def add(self, table: pa.Table) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.rows += table.num_rows
+        if self.rows > self.limit:
+            self.parts = []  # too many for memory: checked on disk instead
+            self.revised = True  # not known: publication de-duplicates
+            return
+        location = table.column("location").combine_chunks()
+        distinct = pc.unique(location)
+        for name in distinct.to_pylist():
+            if name not in self.codes:
+                self.codes[name] = len(self.names)
+                self.names.append(name)
+        codes = np.array([self.codes[n] for n in distinct.to_pylist()], dtype=np.int64)
+        position = pc.index_in(location, value_set=distinct).to_numpy()
+        utc = table.column("interval_start_utc").combine_chunks().cast(pa.int64()).to_numpy()
+        self.parts.append(
+            np.stack(
+                [
+                    codes[position],
+                    utc,
+                    table.column("_revision").to_numpy(),
+                    table.column("_line").to_numpy(),
+                ]
+            )
+        )
+
+    def check(self, staged: list[Path]) -> None:
+        """Raise naming the second occurrence of the first duplicated interval."""
+        if self.rows > self.limit:
+            found = _duplicate_on_disk(staged)
+        else:
+            found = self._duplicate_in_memory()
+        if found:
+            location, start_us, first, second = found
+            stamp = _utc_text(start_us)
+            raise IsoParseError(
+                self.path,
+                f"duplicate interval {stamp} for {location} (first at line {first}); "
+                "not a DST repeat",
+                second,
+                self.column,
+            )
+
+    def _duplicate_in_memory(self) -> tuple[str, int, int, int] | None:
+        import numpy as np
+
+        if not self.parts:
+            return None
+        keys = np.concatenate(self.parts, axis=1)
+        order = np.lexsort((keys[3], keys[2], keys[1], keys[0]))
+        ordered = keys[:, order]
+        self.revised = bool(np.all(ordered[:2, 1:] == ordered[:2, :-1], axis=0).any())
+        same = np.all(ordered[:3, 1:] == ordered[:3, :-1], axis=0)
+        if not same.any():
+            return None
+        hits = np.flatnonzero(same)
+        at = hits[np.argmin(ordered[3, hits + 1])]
+        return (
+            self.names[int(ordered[0, at])],
+            int(ordered[1, at]),
+            int(ordered[3, at]),
+            int(ordered[3, at + 1]),
+        )
+
+
+def _duplicate_on_disk(staged: list[Path]) -> tuple[str, int, int, int] | None:
+    import duckdb
+
+    if not staged:
+        return None
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET memory_limit='{duckdb_share()}'")
+        con.execute("SET threads=1")
+        row = con.execute(
+            "SELECT location, epoch_us(interval_start_utc), min(_line), "
+            "list_sort(list(_line))[2] AS second FROM read_parquet(?) "
+            "GROUP BY location, interval_start_utc, _revision HAVING count(*) > 1 "
+            "ORDER BY second LIMIT 1",
+            [[str(p) for p in staged]],
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        return None
+    return row[0], int(row[1]), int(row[2]), int(row[3])
+
+
+def _utc_text(start_us: int) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=start_us)
+    return moment.strftime("%Y-%m-%dT%H:%MZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Publication
+
+
+def partition_path(iso: str, market: str, month: str) -> str:
+    """The relative directory of an (iso, market, UTC month) partition."""
+    year, number = month.split("-")
+    return f"iso={iso}/market={market}/year={year}/month={number}"
+
+
+def staged_parts(staging: str, iso: str, market: str, month: str) -> list[tuple[Path, int, str]]:
+    """(part, modification time of its raw file, raw file name) of every staged file."""
+    return [(p, int(m["mtime_ns"]), m["file"]) for p, m in _staged(staging, iso, market, month)]
+
+
+def _staged(staging: str, iso: str, market: str, month: str) -> list[tuple[Path, dict]]:
+    found = []
+    for directory in sorted((Path(staging) / iso / market).glob("[!.]*")):
+        marker = _read_marker(directory)
+        part = directory / f"{month}.parquet"
+        if marker and part.exists() and marker.get("version") == STAGING_VERSION:
+            found.append((part, marker))
+    return found
+
+
+def disjoint_in_time(staged: list[tuple[Path, dict]], month: str) -> list[Path] | None:
+    """The parts in time order when no two overlap and none carries revisions, else None:
+    then no row can have a rival and the parts are simply concatenated."""
+    if any(marker["revised"] for _, marker in staged):
+        return None
+    spans = sorted((marker["spans"][month], part) for part, marker in staged)
+    for (before, _), (after, _) in zip(spans, spans[1:], strict=False):
+        if after[0] <= before[1]:
+            return None
+    return [part for _, part in spans]
+
+
+def publish_partition(
+    iso: str, market: str, month: str, staging: str, out: str, rows_per_chunk: int
+) -> dict[str, Any]:
+    """Build one partition from its staged files, later revisions winning; swap it in."""
+
+    from headroom.storage import open_storage
+
+    if not re.fullmatch(r"\d{4}-\d{2}", month):
+        raise ValueError(f"month: {month!r} is not YYYY-MM")
+    storage = open_storage(out)
+    relative = partition_path(iso, market, month)
+    staged = _staged(staging, iso, market, month)
+    parts = [(p, int(m["mtime_ns"]), m["file"]) for p, m in staged]
+    if not parts:
+        return {"partition": relative, "rows": 0, "files": 0}
+    version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    data = posixpath.join(relative, version, "part-00000.parquet")
+    in_order = disjoint_in_time(staged, month)
+    if in_order is not None:
+        rows, checksum = _write_parquet(
+            storage, data, _concatenated(in_order, rows_per_chunk), rows_per_chunk
+        )
+    else:
+        rows, checksum = _deduplicated(parts, staging, storage, data, rows_per_chunk)
+    manifest = {
+        "iso": iso,
+        "market": market,
+        "month": month,
+        "version": version,
+        "files": [posixpath.join(version, "part-00000.parquet")],
+        "rows": rows,
+        "checksum": checksum,
+        "sources": sorted(p[2] for p in parts),
+        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    storage.write_json(posixpath.join(relative, MANIFEST), manifest)  # the atomic swap
+    removed = _remove_old_versions(storage, relative, version)
+    log.info(
+        "%s: %d rows from %d files (%s, %d old versions removed)",
+        relative,
+        rows,
+        len(parts),
+        "concatenated" if in_order else "de-duplicated",
+        removed,
+    )
+    return {"partition": relative, "rows": rows, "files": len(parts), "checksum": checksum}
+
+
+def _concatenated(parts: list[Path], rows_per_chunk: int) -> Iterator[pa.RecordBatch]:
+    """The canonical columns of staged parts, in order, one row group at a time."""
+    import pyarrow.parquet as pq
+
+    for part in parts:
+        with pq.ParquetFile(part) as reader:
+            yield from reader.iter_batches(
+                batch_size=rows_per_chunk, columns=list(CANONICAL_COLUMNS)
+            )
+
+
+def _deduplicated(parts, staging: str, storage: Storage, data: str, rows_per_chunk: int):
+    """Keep one row per (market, location, interval): the later revision, then later file."""
+    import duckdb
+
+    # Later file = newer raw file (modification time), then later name: rank ascending.
+    ranked = sorted(parts, key=lambda p: (p[1], p[2]))
+    values = ", ".join(
+        "('{}', {})".format(str(part).replace("'", "''"), rank)
+        for rank, (part, _, _) in enumerate(ranked)
+    )
+    files = ", ".join("'{}'".format(str(p[0]).replace("'", "''")) for p in ranked)
+    spill = Path(staging) / ".duckdb-spill"
+    spill.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET memory_limit='{duckdb_share()}'")
+        con.execute("SET threads=1")
+        con.execute("SET TimeZone='UTC'")
+        con.execute(f"SET temp_directory='{spill}'")
+        query = con.sql(
+            f"WITH ranks(filename, file_rank) AS (VALUES {values}) "
+            f"SELECT {', '.join(CANONICAL_COLUMNS)} FROM read_parquet([{files}], filename=true) "
+            "JOIN ranks USING (filename) "
+            "QUALIFY row_number() OVER (PARTITION BY market, location, interval_start_utc "
+            "ORDER BY _revision DESC, file_rank DESC, _line DESC) = 1 "
+            "ORDER BY interval_start_utc, location"
+        )
+        return _write_parquet(storage, data, query.to_arrow_reader(rows_per_chunk), rows_per_chunk)
+    finally:
+        con.close()
+
+
+def _write_parquet(storage: Storage, relative: str, reader: Any, rows_per_chunk: int):
+    """Write batches to one Parquet file under a temporary name; (rows, content checksum)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = canonical_schema()
+    digest = Checksum(schema)
+    rows = 0
+    with storage.atomic_output(relative) as temporary:
+        with storage.filesystem.open_output_stream(temporary) as stream:
+            with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
+                for batch in reader:
+                    table = pa.Table.from_batches([batch]).cast(schema)
+                    writer.write_table(table, row_group_size=rows_per_chunk)
+                    digest.update(table)
+                    rows += table.num_rows
+    return rows, digest.hexdigest()
+
+
+class Checksum:
+    """SHA-256 of a table's values, column by column: independent of how rows are chunked."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.hashes = {name: hashlib.sha256() for name in schema.names}
+
+    def update(self, table: pa.Table) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        for name, hasher in self.hashes.items():
+            column = table.column(name).combine_chunks()
+            if pa.types.is_string(column.type):
+                offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[
+                    column.offset : column.offset + len(column) + 1
+                ]
+                hasher.update(np.diff(offsets).tobytes())
+                hasher.update(memoryview(column.buffers()[2])[offsets[0] : offsets[-1]])
+            else:
+                values = column.cast(pa.float64()) if pa.types.is_floating(column.type) else column
+                hasher.update(values.to_numpy(zero_copy_only=False).tobytes())
+
+    def hexdigest(self) -> str:
+        total = hashlib.sha256()
+        for name in sorted(self.hashes):
+            total.update(self.hashes[name].digest())
+        return total.hexdigest()
+
+
+def _remove_old_versions(storage: Storage, relative: str, keep: str) -> int:
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(storage.path(relative), allow_not_found=True)
+    removed = 0
+    for info in storage.filesystem.get_file_info(selector):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("v-"):
+            if info.base_name != keep:
+                storage.filesystem.delete_dir(info.path)
+                removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the dataset
+
+
+def manifests(out: str) -> list[dict[str, Any]]:
+    """Every partition's manifest (with its ``partition`` path), in path order."""
+    import pyarrow.fs as pafs
+
+    from headroom.storage import open_storage
+
+    storage = open_storage(out)
+    selector = pafs.FileSelector(storage.root, recursive=True, allow_not_found=True)
+    found = []
+    for info in storage.filesystem.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.base_name == MANIFEST:
+            relative = posixpath.relpath(posixpath.dirname(info.path), storage.root)
+            document = storage.read_json(posixpath.join(relative, MANIFEST))
+            found.append({**document, "partition": relative})
+    return sorted(found, key=lambda m: m["partition"])
+
+
+def current_files(out: str) -> list[str]:
+    """Full paths of the data files the manifests point at (what a reader should read)."""
+    from headroom.storage import open_storage
+
+    storage = open_storage(out)
+    return [storage.path(m["partition"], name) for m in manifests(out) for name in m["files"]]
+
+
+def read_dataset(out: str, iso: str | None = None) -> pa.Table:
+    """The whole current dataset (or one ISO) as a table: for tests and small checks."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from headroom.storage import open_storage
+
+    storage = open_storage(out)
+    tables = [
+        pq.read_table(path, filesystem=storage.filesystem)
+        for path in current_files(out)
+        if iso is None or f"/iso={iso}/" in f"/{posixpath.relpath(path, storage.root)}"
+    ]
+    return pa.concat_tables(tables) if tables else canonical_schema().empty_table()
+
+
+__all__ = [
+    "ISOS",
+    "RawFile",
+    "convert_file",
+    "convert_files",
+    "current_files",
+    "discover",
+    "manifests",
+    "publish_partition",
+    "read_dataset",
+]
+
+
+def publish_partitions(
+    iso: str, partitions: list[list[str]], staging: str, out: str, rows_per_chunk: int
+) -> list[dict[str, Any]]:
+    """Publish several (market, month) partitions of one ISO, each swapped in on its own."""
+    return [
+        publish_partition(iso, market, month, staging, out, rows_per_chunk)
+        for market, month in partitions
+    ]

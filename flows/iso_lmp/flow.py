@@ -1,0 +1,232 @@
+"""Convert the seven ISOs' raw LMP files into one Parquet dataset, at a flat few hundred MB.
+
+Optionally download the raw files of the range first (public endpoints, or a mirror), then
+convert them in budgeted tasks (tag ``iso-convert``: each runs in a guarded child under its
+cap, retried with smaller chunks after an out-of-memory) and publish each (iso, market,
+month) partition atomically. A bad file fails alone; the run names every failed file.
+"""
+
+import os
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.iso_lmp import dataset, fetch
+from flows.iso_lmp.params import IsoLmpParams
+from headroom import Chunking
+from headroom.prefect import (
+    FLOW_HOOKS,
+    ChunkScale,
+    ItemFailures,
+    MaxWorkers,
+    budgeted_task,
+    map_bounded,
+)
+
+FILES_PER_TASK = 400
+"""Raw files one convert task parses in turn (about a year of daily files): one child."""
+PJM_SECRET_BLOCK = "pjm-api-key"
+
+CHUNK = Chunking("rows_per_chunk", default=262_144, floor=4_096, bytes_per_row=600.0)
+convert_task = budgeted_task(
+    dataset.convert_files,
+    tag="iso-convert",
+    chunk=CHUNK,
+    input_bytes=lambda kw: sum(_size(f) for f in kw["files"]),
+    name="convert-iso-files",
+)
+publish_task = budgeted_task(
+    dataset.publish_partitions,
+    tag="iso-convert",
+    chunk=CHUNK,
+    name="publish-iso-partitions",
+)
+
+
+def _size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _pjm_api_key() -> str | None:
+    """PJM's key from the Secret block, else $PJM_API_KEY; never a task parameter."""
+    try:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(PJM_SECRET_BLOCK).get()
+    except Exception:
+        return os.environ.get("PJM_API_KEY")
+
+
+@task(name="fetch-iso-files", retries=2, retry_delay_seconds=5)
+def fetch_task(
+    iso: str, markets: list[str], start: str, end: str, raw: str, source: str | None
+) -> dict[str, Any]:
+    """Download one ISO's missing raw files of the range."""
+    api_key = _pjm_api_key() if iso == "PJM" and not source else None
+    return fetch.fetch_range(iso, markets, start, end, raw, source=source, api_key=api_key)
+
+
+@flow(name="convert-iso-lmp", **FLOW_HOOKS)
+def convert_iso_lmp(
+    iso: str | list[str] = "all",
+    start: date | None = None,
+    end: date | None = None,
+    markets: list[str] | None = None,
+    raw: str = "data/iso_lmp/raw",
+    out: str = "data/iso_lmp/dataset",
+    fetch: bool = False,
+    source: str | None = None,
+    max_workers: MaxWorkers = 2,
+    chunk_scale: ChunkScale = 1.0,
+) -> dict[str, Any]:
+    """Convert (and optionally first download) the ISO LMP files of ``start``..``end``."""
+    params = IsoLmpParams(
+        iso=iso,
+        start=start,
+        end=end,
+        markets=markets,
+        raw=raw,
+        out=out,
+        fetch=fetch,
+        source=source,
+        max_workers=max_workers,
+        chunk_scale=chunk_scale,
+    )
+    logger = get_run_logger()
+    started = time.monotonic()
+    failures: list[tuple[str, str]] = []
+    if params.fetch:
+        for report in [
+            fetch_task(
+                i,
+                [m.value for m in params.markets_of(i)],
+                params.start.isoformat(),
+                params.end.isoformat(),
+                params.raw,
+                params.source,
+            )
+            for i in params.iso
+        ]:
+            failures += [(f, "download failed") for f in report["failed"]]
+            for name in report["missing"]:
+                logger.warning("%s: not published (yet): %s", report["iso"], name)
+
+    files = dataset.discover(Path(params.raw), params.iso, params.markets, params.start, params.end)
+    staging = str(dataset.staging_root_for(params.raw))
+    by_iso: dict[str, list[str]] = defaultdict(list)
+    for raw_file in files:
+        by_iso[raw_file.iso].append(str(raw_file.path))
+    # One task per ISO converts its files and publishes what they touch: one child start
+    # each. A backfill bigger than FILES_PER_TASK is split, and published in a second map.
+    items = []
+    for iso_id, paths in by_iso.items():
+        single = len(paths) <= FILES_PER_TASK
+        for first in range(0, len(paths), FILES_PER_TASK):
+            items.append(
+                {
+                    "iso": iso_id,
+                    "files": paths[first : first + FILES_PER_TASK],
+                    "staging": staging,
+                    "out": params.out if single else None,
+                }
+            )
+    converts = map_bounded(
+        convert_task, items, max_workers=params.max_workers, chunk_scale=params.chunk_scale
+    )
+    pending: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    converted, partitions = [], []
+    for outcome in converts:
+        if not outcome.ok:
+            failures += [(Path(f).name, str(outcome.error)) for f in outcome.item["files"]]
+            continue
+        partitions += outcome.value["partitions"]
+        for result in outcome.value["files"]:
+            if "error" in result:
+                failures.append((Path(result["file"]).name, result["error"]))
+                continue
+            converted.append(result)
+            if outcome.item["out"] is None:
+                pending[outcome.value["iso"]] |= {(result["market"], m) for m in result["months"]}
+    publishes = map_bounded(
+        publish_task,
+        [
+            {"iso": i, "partitions": sorted(p), "staging": staging, "out": params.out}
+            for i, p in sorted(pending.items())
+        ],
+        max_workers=params.max_workers,
+        chunk_scale=params.chunk_scale,
+    )
+    for outcome in publishes:
+        if outcome.ok:
+            partitions += outcome.value
+        else:
+            failures.append((f"{outcome.item['iso']} partitions", str(outcome.error)))
+    summary = {
+        "isos": params.iso,
+        "files": len(files),
+        "converted": sum(1 for r in converted if not r["skipped"]),
+        "unchanged": sum(1 for r in converted if r["skipped"]),
+        "failed": len(failures),
+        "rows_staged": sum(r["rows"] for r in converted),
+        "partitions": len(partitions),
+        "rows_published": sum(p["rows"] for p in partitions),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    _publish_table(partitions)
+    logger.info(
+        "%d raw files (%d converted, %d unchanged, %d failed) -> %d partitions, %s rows, %.1f s",
+        summary["files"],
+        summary["converted"],
+        summary["unchanged"],
+        summary["failed"],
+        summary["partitions"],
+        f"{summary['rows_published']:,}",
+        summary["seconds"],
+    )
+    if failures:
+        raise ItemFailures("ISO raw files or partitions", failures)
+    return summary
+
+
+def _publish_table(partitions: list[dict[str, Any]]) -> None:
+    """A table artifact: each published partition with its rows and checksum."""
+    from prefect.artifacts import create_table_artifact
+
+    try:
+        create_table_artifact(
+            partitions[:500], key="iso-lmp-partitions", description="published partitions"
+        )
+    except Exception as exc:  # a report must never change the run's outcome
+        get_run_logger().warning("could not publish the partitions artifact: %s", exc)
+
+
+def demo(workdir: Path) -> str:
+    """Write sample files of all seven ISOs (DST days included), convert them, report."""
+    from flows.iso_lmp import samples
+
+    raw = workdir / "raw"
+    written = samples.write_samples(raw, nodes=50)
+    started = time.monotonic()
+    summary = convert_iso_lmp(
+        iso="all",
+        start=min(samples.SAMPLE_DAYS),
+        end=max(samples.SAMPLE_DAYS),
+        raw=str(raw),
+        out=str(workdir / "dataset"),
+    )
+    seconds = time.monotonic() - started
+    return (
+        f"iso-lmp: {len(written)} raw files of 7 ISOs -> {summary['partitions']} partitions, "
+        f"{summary['rows_published']:,} rows in {workdir / 'dataset'}, {seconds:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    convert_iso_lmp()

@@ -1,0 +1,145 @@
+"""MISO market reports: ``YYYYMMDD_da_expost_lmp.csv`` and ``YYYYMMDD_rt_lmp_final.csv``.
+
+Four preamble lines, then a wide header ``Node,Type,Value,HE 1..HE 24``; three rows per node
+(``Value`` LMP, MCC, MLC). Hour-ending is fixed EST (UTC-5), so every day has 24 hours.
+MISO publishes no energy component: energy = LMP - MCC - MLC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flows.iso_lmp.base import (
+    EPOCH_ORDINAL,
+    US_PER_DAY,
+    US_PER_HOUR,
+    IsoFormat,
+    IsoParseError,
+    Market,
+    canonical_table,
+    csv_batches,
+    first_lines,
+    prices,
+    split_header,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+HOURS = tuple(f"HE {h}" for h in range(1, 25))
+COLUMNS = ("Node", "Type", "Value", *HOURS)
+PREAMBLE_LINES = 4
+KINDS = ("LMP", "MCC", "MLC")
+EST_MINUTES = -300
+
+
+class Miso(IsoFormat):
+    """MISO day-ahead ex-post and real-time final hourly LMPs."""
+
+    iso_id = "MISO"
+    timezone = "EST"  # MISO's market day is fixed EST all year
+    markets = (Market.DAY_AHEAD_HOURLY, Market.REAL_TIME_HOURLY)
+    raw_columns = {m: COLUMNS for m in markets}
+    rename = {"Node": "location", "Type": "location_type"}
+    file_patterns = {
+        Market.DAY_AHEAD_HOURLY: r"(?P<day>\d{8})_da_expost_lmp\.csv",
+        Market.REAL_TIME_HOURLY: r"(?P<day>\d{8})_rt_lmp_final\.csv",
+    }
+    name_templates = {
+        Market.DAY_AHEAD_HOURLY: "{day:%Y%m%d}_da_expost_lmp.csv",
+        Market.REAL_TIME_HOURLY: "{day:%Y%m%d}_rt_lmp_final.csv",
+    }
+    time_column = "Node"
+
+    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
+        """Canonical rows of one MISO file, node by node, in chunks of whole nodes."""
+        import pyarrow as pa
+
+        lines = first_lines(path, PREAMBLE_LINES + 1)
+        if len(lines) <= PREAMBLE_LINES:
+            raise IsoParseError(path, "file ends before the header", len(lines) + 1)
+        self.check_header(path, split_header(lines[PREAMBLE_LINES]), COLUMNS, PREAMBLE_LINES + 1)
+        day = self.day_of(path.name)
+        midnight_utc = (day.toordinal() - EPOCH_ORDINAL) * US_PER_DAY - EST_MINUTES * 60_000_000
+        first_data_line = PREAMBLE_LINES + 2
+        carry: pa.Table | None = None
+        # A node's three rows may straddle two CSV blocks: carry the last node over.
+        for start, batch in csv_batches(
+            path,
+            path,
+            skip_rows=PREAMBLE_LINES,
+            column_names=None,
+            chunk_rows=max(3, chunk_rows // 24),
+            bytes_per_row=400,
+            string_columns=("Node", "Type", "Value"),
+            float_columns=HOURS,
+        ):
+            table = pa.Table.from_batches([batch]).append_column(
+                "_line",
+                pa.array(range(first_data_line + start, first_data_line + start + len(batch))),
+            )
+            if carry is not None:
+                table = pa.concat_tables([carry, table])
+            nodes = table.column("Node").to_pylist()
+            tail = len(nodes)
+            while tail > 0 and nodes[tail - 1] == nodes[-1]:
+                tail -= 1
+            carry = table.slice(tail)
+            if tail:
+                yield self._nodes(path, market, table.slice(0, tail), midnight_utc)
+        if carry is not None and carry.num_rows:
+            yield self._nodes(path, market, carry, midnight_utc)
+
+    def _nodes(self, path: Path, market: Market, table: pa.Table, midnight_utc: int) -> pa.Table:
+        """Unpivot whole nodes (three rows each) to one row per node and hour."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        kinds = table.column("Value").to_pylist()
+        lines = table.column("_line").to_numpy()
+        nodes = table.column("Node").to_pylist()
+        for index, kind in enumerate(kinds):
+            if kind not in KINDS:
+                raise IsoParseError(path, f"unknown Value {kind!r}", int(lines[index]), "Value")
+        rows = {kind: np.flatnonzero(np.array(kinds, dtype=object) == kind) for kind in KINDS}
+        lmp_rows = rows["LMP"]
+        for kind in ("MCC", "MLC"):
+            same = len(rows[kind]) == len(lmp_rows) and all(
+                nodes[a] == nodes[b] for a, b in zip(rows[kind], lmp_rows, strict=True)
+            )
+            if not same:
+                at = int(lines[lmp_rows[0]]) if len(lmp_rows) else int(lines[0])
+                raise IsoParseError(path, f"nodes without exactly one {kind} row", at, "Value")
+        components = {}
+        for kind in KINDS:
+            picked = table.take(pa.array(rows[kind]))
+            first = picked.column("_line").to_numpy()
+            matrix = np.empty((len(rows[kind]), 24))
+            for hour, column in enumerate(HOURS):
+                values = prices(path, picked.column(column).combine_chunks(), column, first)
+                if values.null_count:
+                    at = int(first[np.flatnonzero(pc.is_null(values).to_numpy(False))[0]])
+                    raise IsoParseError(path, "missing price", at, column)
+                matrix[:, hour] = values.to_numpy()
+            components[kind] = pa.array(matrix.reshape(-1))
+        lmp_table = table.take(pa.array(lmp_rows))
+        count = len(lmp_rows)
+        start = midnight_utc + np.tile(np.arange(24, dtype=np.int64) * US_PER_HOUR, count)
+        repeat = np.repeat(np.arange(count), 24)
+        return canonical_table(
+            self.iso_id,
+            market,
+            None,
+            start,
+            pc.take(lmp_table.column("Node"), pa.array(repeat)),
+            pc.take(lmp_table.column("Type"), pa.array(repeat)),
+            components["LMP"],
+            None,
+            components["MCC"],
+            components["MLC"],
+            lmp_table.column("_line").to_numpy()[repeat],
+            fixed_offset_minutes=EST_MINUTES,
+        )

@@ -1,0 +1,94 @@
+"""SPP LMPs by settlement location: day-ahead ``DA-LMP-SL-YYYYMMDD0100.csv`` and the daily
+real-time balancing roll-up ``RTBM-LMP-DAILY-SL-YYYYMMDD.csv`` (5-minute intervals).
+
+Columns ``Interval,GMTIntervalEnd,Settlement Location,Pnode,LMP,MLC,MCC,MEC`` (newer files
+add ``BAA``), timestamps ``MM/DD/YYYY HH:MM:SS``. ``Interval`` is the local interval end and
+ambiguous on the fall-back day; ``GMTIntervalEnd`` (UTC) is used. Energy is the published MEC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flows.iso_lmp.base import (
+    US_PER_MINUTE,
+    IsoFormat,
+    IsoParseError,
+    Market,
+    canonical_table,
+    csv_batches,
+    first_lines,
+    parse_times,
+    prices,
+    split_header,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+COLUMNS = ("Interval", "GMTIntervalEnd", "Settlement Location", "Pnode", "LMP", "MLC", "MCC", "MEC")
+OPTIONAL = ("BAA",)
+TIME_FORMAT = "%m/%d/%Y %H:%M:%S"
+
+
+class Spp(IsoFormat):
+    """SPP day-ahead hourly and real-time 5-minute settlement-location LMPs."""
+
+    iso_id = "SPP"
+    timezone = "America/Chicago"
+    markets = (Market.DAY_AHEAD_HOURLY, Market.REAL_TIME_5_MIN)
+    raw_columns = {m: COLUMNS for m in markets}
+    rename = {
+        "Settlement Location": "location",
+        "LMP": "lmp",
+        "MEC": "energy",
+        "MCC": "congestion",
+        "MLC": "loss",
+    }
+    file_patterns = {
+        Market.DAY_AHEAD_HOURLY: r"DA-LMP-SL-(?P<day>\d{8})0100\.csv",
+        Market.REAL_TIME_5_MIN: r"RTBM-LMP-DAILY-SL-(?P<day>\d{8})\.csv",
+    }
+    name_templates = {
+        Market.DAY_AHEAD_HOURLY: "DA-LMP-SL-{day:%Y%m%d}0100.csv",
+        Market.REAL_TIME_5_MIN: "RTBM-LMP-DAILY-SL-{day:%Y%m%d}.csv",
+    }
+    time_column = "GMTIntervalEnd"
+
+    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
+        """Canonical rows of one SPP file; the interval start is GMTIntervalEnd minus its length."""
+        import numpy as np
+
+        header = first_lines(path, 1)
+        if not header:
+            raise IsoParseError(path, "empty file", 1)
+        self.check_header(path, split_header(header[0]), COLUMNS, 1, optional=OPTIONAL)
+        for start, batch in csv_batches(
+            path,
+            path,
+            skip_rows=0,
+            column_names=None,
+            chunk_rows=chunk_rows,
+            bytes_per_row=90,
+            string_columns=("Interval", "GMTIntervalEnd", "Settlement Location", "Pnode"),
+            float_columns=("LMP", "MLC", "MCC", "MEC"),
+        ):
+            line = start + 2
+            end = parse_times(
+                path, batch.column("GMTIntervalEnd"), TIME_FORMAT, "GMTIntervalEnd", line
+            )
+            yield canonical_table(
+                self.iso_id,
+                market,
+                self.zone,
+                end - market.minutes * US_PER_MINUTE,
+                batch.column("Settlement Location"),
+                "Settlement Location",
+                prices(path, batch.column("LMP"), "LMP", line),
+                prices(path, batch.column("MEC"), "MEC", line),
+                prices(path, batch.column("MCC"), "MCC", line),
+                prices(path, batch.column("MLC"), "MLC", line),
+                np.arange(line, line + batch.num_rows),
+            )
