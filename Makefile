@@ -42,3 +42,14 @@ serve: setup
 
 clean:
 	rm -rf $(VENV) .prefect .headroom demo-output
+
+# Production-like stack on this machine: PostgreSQL-backed server, workers (docs/PRODUCTION.md).
+.PHONY: prod-start prod-stop prod-status prod-deploy
+prod-start: $(STAMP)
+	scripts/prod start
+prod-stop:
+	scripts/prod stop
+prod-status:
+	scripts/prod status
+prod-deploy: $(STAMP)
+	scripts/prod deploy

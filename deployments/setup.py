@@ -107,7 +107,16 @@ def setup() -> dict[str, object]:
     ensure_work_pool()
     slugs = register_blocks()
     share = record_gpu_share()
-    return {"limits": plan, "work_pool": WORK_POOL, "blocks": slugs, "gpu_task_mb": share}
+    from deployments.production.automations import ensure_heartbeat_automation
+
+    automation = ensure_heartbeat_automation()
+    return {
+        "limits": plan,
+        "work_pool": WORK_POOL,
+        "blocks": slugs,
+        "gpu_task_mb": share,
+        "automation": automation,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

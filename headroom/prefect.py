@@ -41,6 +41,9 @@ FLOW_TAG_FLOOR = "headroom:chunk-floor"
 RERUN_TAG = "headroom:rerun"
 MAX_CRASH_RERUNS = 3
 _LIMIT_CACHE_S = 30.0
+# Memory slots of a lost host come back when their lease expires; Prefect's default is 300 s.
+# The engine's tag slots use 60 s, so both come back together.
+MEMORY_LEASE_S = 60.0
 
 _attempts: dict[str, list[Attempt]] = {}
 _attempts_lock = threading.Lock()
@@ -216,7 +219,12 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
     peak: float | None = None
     outcome = "ok"
     try:
-        with concurrency(memory_limit_name(), occupy=max(1, math.ceil(cap)), strict=True):
+        with concurrency(
+            memory_limit_name(),
+            occupy=max(1, math.ceil(cap)),
+            strict=True,
+            lease_duration=MEMORY_LEASE_S,
+        ):
             started = time.time()
             if spec.isolate:
                 result = guarded_call(spec.target, (), kwargs, cap_mb=cap, timeout_s=spec.timeout_s)
