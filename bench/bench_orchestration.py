@@ -26,6 +26,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from bench.common import ROOT, measure, python, table, write_section
+from deployments.production.throwaway import free_port
 
 TASKS = 500
 # Measured on prefect 3.9.1 by the author, for reference (tasks/s).
@@ -146,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     pg = PgSettings(database=name, user=name, password=os.environ.get("HEADROOM_PG_PASSWORD", ""))
     rows: list[list[object]] = []
     latency: list[list[object]] = []
-    sqlite_server = server.ServerSettings(port=_free_port(), state_dir=scratch / "sqlite", ui=False)
-    pg_server = server.ServerSettings(port=_free_port(), state_dir=scratch / "pg", ui=False)
+    sqlite_server = server.ServerSettings(port=free_port(), state_dir=scratch / "sqlite", ui=False)
+    pg_server = server.ServerSettings(port=free_port(), state_dir=scratch / "pg", ui=False)
     try:
         ephemeral_home = scratch / "ephemeral"
         rows.append(
@@ -187,14 +188,6 @@ def main(argv: list[str] | None = None) -> int:
 def _client(settings) -> dict[str, str]:
     env = settings.client_env()
     return {k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

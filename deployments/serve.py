@@ -41,9 +41,19 @@ def to_runner_deployment(spec: dict[str, Any]) -> Any:
         name=spec["name"],
         parameters=spec.get("parameters") or {},
         schedules=schedules or None,
+        triggers=deployment_triggers(spec) or None,
         tags=spec.get("tags") or [],
         description=spec.get("description"),
     )
+
+
+def deployment_triggers(spec: dict[str, Any]) -> list[Any]:
+    """The ``triggers`` of a prefect.yaml deployment, validated as ``prefect deploy`` does."""
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+    return [adapter.validate_python(trigger) for trigger in spec.get("triggers") or []]
 
 
 def main(argv: list[str] | None = None) -> None:

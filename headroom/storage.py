@@ -48,7 +48,12 @@ class Storage:
         return self.filesystem.type_name == "local"
 
     def path(self, *parts: str) -> str:
-        """The full filesystem path of a relative path under the root."""
+        """The full filesystem path of a relative path under the root; a path that would
+        leave the root (absolute, or climbing out with ``..``) is refused."""
+        if parts:
+            relative = posixpath.normpath(posixpath.join(*parts))
+            if relative.startswith("/") or relative == ".." or relative.startswith("../"):
+                raise BadInput(f"{posixpath.join(*parts)!r} is not a path inside {self.url}")
         return posixpath.join(self.root, *parts)
 
     def exists(self, relative: str) -> bool:

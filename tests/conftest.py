@@ -6,19 +6,18 @@ never under CI (CI=true), where an unreachable service fails the test.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import os
-import signal
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from deployments.production.throwaway import free_port, throwaway_server
 
 _STATE = Path(tempfile.mkdtemp(prefix="headroom-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
@@ -62,84 +61,6 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _postgres_prefect_server() -> Iterator[str]:
-    """A Prefect server on a throw-away PostgreSQL database; yields its API URL.
-
-    The SQLite server of prefect_test_harness answers "database is locked" (503) under the
-    concurrent task runs these tests start, costing seconds of client back-off per task.
-    """
-    import asyncio
-    import subprocess
-    import sys
-    import urllib.request
-    import uuid
-
-    import asyncpg
-
-    database = f"headroom_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{database}"'))
-    port = free_port()
-    home = _STATE / "prefect-pg-server"
-    home.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": (
-            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
-        ),
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "the PostgreSQL-backed Prefect server did not start:\n"
-                        + (home / "server.log").read_text()[-3000:]
-                    ) from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-        log.close()
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-
-
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One Prefect server for the session, with headroom's limits created: on the local
@@ -149,7 +70,7 @@ def prefect_harness() -> Iterator[None]:
     from deployments.setup import apply_limits
 
     if _reachable("127.0.0.1", 5432) and os.environ.get("HEADROOM_TEST_SQLITE") != "1":
-        with _postgres_prefect_server() as url:
+        with throwaway_server(_STATE / "prefect-pg-server") as url:
             os.environ["PREFECT_API_URL"] = url  # for subprocesses the tests start
             try:
                 with temporary_settings({PREFECT_API_URL: url}):
@@ -175,12 +96,6 @@ def redis_url() -> str:
 def postgres_dsn() -> str:
     require_service("PostgreSQL", "127.0.0.1", 5432)
     return "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
