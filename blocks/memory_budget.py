@@ -1,4 +1,4 @@
-"""The memory-budget block: a budget override and fraction editable in the Prefect UI.
+"""The memory-budget block: a budget override, fraction and per-tag caps, editable in the UI.
 
 $HEADROOM_MEMORY_LIMIT wins over the block; the block wins over detection.
 """
@@ -32,8 +32,16 @@ class MemoryBudget(Block):
     )
     tag_caps: dict[str, str] = Field(
         default_factory=dict,
-        description="Per-tag cap overrides, e.g. {'mitma-od': '300MiB'} (informational).",
+        description="Per-tag cap overrides of deployments/limits.toml, e.g. {'mitma-od': "
+        "'300MiB'}; slots stay as declared there.",
     )
+
+    @field_validator("tag_caps")
+    @classmethod
+    def _valid_caps(cls, value: dict[str, str]) -> dict[str, str]:
+        for tag, size in value.items():
+            parse_size(size, name=f"tag_caps[{tag!r}]")
+        return value
 
     @field_validator("limit")
     @classmethod

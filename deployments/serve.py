@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def deployment_triggers(spec: dict[str, Any]) -> list[Any]:
 def main(argv: list[str] | None = None) -> None:
     from prefect import serve
 
-    from deployments.setup import setup
+    from deployments.setup import FLOW_HEARTBEAT_S, HEARTBEAT_VARIABLE, setup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="serve only these deployment names")
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.no_setup:
         setup()
+    # Served runs heartbeat as a worker's do (the pool pins it): the zombie-run automation
+    # would otherwise judge Prefect's default 180 s period by a window made for 30 s.
+    os.environ[HEARTBEAT_VARIABLE] = str(FLOW_HEARTBEAT_S)
     specs = [s for s in load_deployment_specs() if not args.only or s["name"] in args.only]
     serve(*(to_runner_deployment(spec) for spec in specs))
 

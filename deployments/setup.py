@@ -22,6 +22,10 @@ log = logging.getLogger("deployments.setup")
 
 WORK_POOL = "headroom-process"
 GPU_SHARE_VARIABLE = "headroom_gpu_task_mb"
+# Flow runs of the pool heartbeat this often (Prefect allows no less than 30 s; its default is
+# 180 s); the zombie-run automation marks a run Crashed after three periods without one.
+FLOW_HEARTBEAT_S = 30
+HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
 
 def planned_limits(limits: Limits | None = None, budget: Budget | None = None) -> dict[str, int]:
@@ -74,16 +78,35 @@ def _active_runs(client) -> int:
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:
-    """The process work pool that workers on every host serve."""
+    """The process work pool that workers on every host serve, its flow runs' heartbeat period
+    pinned in the pool's job template, whatever the environment of the worker that starts them:
+    the zombie-run automation's window assumes that period."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
 
     with get_client(sync_client=True) as client:
         try:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            template = ProcessWorker.get_default_base_job_template()
+            _pin_heartbeat(template)
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", base_job_template=template)
+            )
         except ObjectAlreadyExists:
-            pass
+            template = client.read_work_pool(name).base_job_template
+            if _pin_heartbeat(template):
+                client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+
+
+def _pin_heartbeat(template: dict) -> bool:
+    """Set the heartbeat variable in the template's default env; True if that changed it."""
+    env = template["variables"]["properties"]["env"]
+    default = dict(env.get("default") or {})
+    if default.get(HEARTBEAT_VARIABLE) == str(FLOW_HEARTBEAT_S):
+        return False
+    env["default"] = {**default, HEARTBEAT_VARIABLE: str(FLOW_HEARTBEAT_S)}
+    return True
 
 
 def record_gpu_share(limits: Limits | None = None) -> float | None:

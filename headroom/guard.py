@@ -83,7 +83,10 @@ def guarded_call(
         result_file = Path(workdir, "result.pkl")
         call_file.write_bytes(pickle.dumps((module_name, qualname, args, kwargs)))
         env = dict(os.environ, HEADROOM_PARENT_PID=str(os.getpid()), HEADROOM_CAP_MB=str(cap_mb))
-        env.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
+        # The child imports the body by name: it must see every directory the parent does
+        # (the parent's sys.path may hold more than its PYTHONPATH, e.g. a script's folder).
+        search = [p for p in sys.path if p] + env.get("PYTHONPATH", "").split(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in search if p))
         oom_before = cgroup_oom_kills()
         started = time.monotonic()
         child = subprocess.Popen(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from headroom.budget import Budget
@@ -52,6 +52,14 @@ class Limits:
             cap_mb = parse_size(cap, name=f"{where}: tags.{tag}.cap") / MIB if cap else None
             tags[tag] = TagLimit(tag, slots, cap_mb)
         return cls(tags, float(data.get("reserve_mb", 300)), str(where))
+
+    def with_caps(self, caps: dict[str, str], origin: str) -> Limits:
+        """These limits with some tags' caps replaced (sizes as given, e.g. '300MiB')."""
+        tags = dict(self.tags)
+        for tag, size in caps.items():
+            cap_mb = parse_size(size, name=f"{origin}: tag_caps[{tag!r}]") / MIB
+            tags[tag] = replace(self.tag(tag), cap_mb=cap_mb)
+        return replace(self, tags=tags, source=f"{self.source} + {origin}" if caps else self.source)
 
     def tag(self, tag: str) -> TagLimit:
         try:

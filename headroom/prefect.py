@@ -67,6 +67,16 @@ class BudgetedSpec:
     takes_cap: bool
 
 
+def _budget_block() -> Any:
+    """The saved memory-budget block, or None (none saved, or no server to ask)."""
+    try:
+        from blocks.memory_budget import load_budget_block
+
+        return load_budget_block()
+    except Exception:
+        return None
+
+
 def current_budget() -> Budget:
     """The budget: $HEADROOM_MEMORY_LIMIT, else the memory-budget block, else detection."""
     import os
@@ -75,15 +85,19 @@ def current_budget() -> Budget:
 
     if os.environ.get(ENV_LIMIT):
         return Budget.detect()
-    try:
-        from blocks.memory_budget import load_budget_block
-
-        block = load_budget_block()
-    except Exception:
-        block = None
+    block = _budget_block()
     if block is not None:
         return Budget.detect(limit=block.limit or None, fraction=block.fraction)
     return Budget.detect()
+
+
+def current_limits() -> Limits:
+    """The declared limits, with the per-tag caps of the memory-budget block applied."""
+    limits = Limits.load()
+    block = _budget_block()
+    if block is not None and block.tag_caps:
+        return limits.with_caps(block.tag_caps, "memory-budget block")
+    return limits
 
 
 def budgeted_task(
@@ -177,7 +191,7 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
     run_id = str(context.task_run.id)
     flow_run_id = str(context.task_run.flow_run_id) if context.task_run.flow_run_id else None
     logger = get_run_logger()
-    limits = Limits.load()
+    limits = current_limits()
     budget = current_budget()
     cap = min(limits.cap_mb(spec.tag, budget), _server_host_limit(limits, budget))
     with _attempts_lock:
@@ -466,7 +480,7 @@ def memory_report_hook(flow: Any, flow_run: Any, state: Any) -> None:
     from prefect.client.schemas.actions import ArtifactCreate
 
     try:
-        limits = Limits.load()
+        limits = current_limits()
         budget = current_budget()
         markdown = memory_report(
             str(flow_run.id), flow.name, budget.mb, limits.host_limit_mb(budget)

@@ -96,13 +96,19 @@ def heartbeat_automation(within_s: float, name: str = AUTOMATION_NAME) -> Any:
 
 
 def ensure_heartbeat_automation(within_s: float | None = None, name: str = AUTOMATION_NAME) -> UUID:
-    """Create the automation, or bring the existing one (by name) up to date; returns its id."""
+    """Create the automation, or bring the existing one (by name) up to date; returns its id.
+
+    Without ``within_s`` or $HEADROOM_ZOMBIE_AFTER_S an existing automation keeps its window:
+    the set-up of one more host must not change what every host's runs are judged by.
+    """
     from prefect.client.orchestration import get_client
 
-    wanted = heartbeat_automation(within_s or default_within_s(), name)
-    spec = wanted.model_dump(mode="json", exclude={"id", "owner_resource"})
     with get_client(sync_client=True) as client:
         existing = client.read_automations_by_name(name=name)
+    if within_s is None and existing and not os.environ.get(ENV_ZOMBIE_AFTER):
+        within_s = existing[0].trigger.within.total_seconds()
+    wanted = heartbeat_automation(within_s or default_within_s(), name)
+    spec = wanted.model_dump(mode="json", exclude={"id", "owner_resource"})
     for duplicate in existing[1:]:  # left by a concurrent set-up: keep one
         with get_client(sync_client=True) as client:
             client.delete_automation(duplicate.id)

@@ -115,6 +115,11 @@ def convert_files(
         except (IsoParseError, OSError) as exc:
             log.warning("%s: %s", name, exc)
             result = {"file": name, "error": str(exc)}
+        except MemoryError:
+            raise  # the guard's business: an OOM is retried with a smaller chunk
+        except Exception as exc:  # a failure no parser foresaw is still this file's alone
+            log.warning("%s: unexpected %s: %s", name, type(exc).__name__, exc)
+            result = {"file": name, "error": f"{Path(name).name}: {type(exc).__name__}: {exc}"}
         result["seconds"] = round(time.monotonic() - started, 3)
         result["market"] = market.value if market else None
         results.append(result)

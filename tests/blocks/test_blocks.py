@@ -73,3 +73,30 @@ def test_budget_block_is_used_unless_the_environment_overrides(monkeypatch):
 def test_budget_block_refuses_a_bad_size():
     with pytest.raises(ValueError, match="limit"):
         MemoryBudget(limit="lots")
+
+
+def test_budget_block_caps_override_the_declared_cap_of_a_tag():
+    from prefect import flow
+
+    from headroom import current_cap_mb
+    from headroom.prefect import budgeted_task
+
+    report_cap = budgeted_task(current_cap_mb, tag="mitma-od", name="report-cap")
+
+    @flow
+    def cap_of_a_mitma_task() -> float:
+        return report_cap()
+
+    assert cap_of_a_mitma_task() == 300  # deployments/limits.toml
+    MemoryBudget(tag_caps={"mitma-od": "123MiB"}).save("default", overwrite=True)
+    forget_cached_block()
+    try:
+        assert cap_of_a_mitma_task() == 123  # the guarded child really ran under the block's cap
+    finally:
+        MemoryBudget.delete("default")
+        forget_cached_block()
+
+
+def test_budget_block_refuses_a_bad_tag_cap():
+    with pytest.raises(ValueError, match="mitma-od"):
+        MemoryBudget(tag_caps={"mitma-od": "plenty"})

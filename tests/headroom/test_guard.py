@@ -116,3 +116,14 @@ def test_the_child_knows_its_cap():
     assert run_guarded(current_cap_mb, cap_mb=123) == 123
     assert run_guarded(duckdb_share, 0.5, cap_mb=1000) == "500MiB"
     assert current_cap_mb() is None  # not inside a guarded child
+
+
+def test_the_child_imports_what_the_parent_can_even_with_pythonpath_set(tmp_path, monkeypatch):
+    # A body in a folder only the parent's sys.path knows (a script's own directory), while
+    # PYTHONPATH names something else: the child must still find the body's module.
+    (tmp_path / "local_bodies.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "elsewhere"))
+    import local_bodies
+
+    assert run_guarded(local_bodies.triple, 7, cap_mb=200) == 21
