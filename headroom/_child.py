@@ -1,6 +1,7 @@
 """Entry point of a guarded child: load the call, run it, write back its result.
 
-Started as ``python -m headroom._child CALL_FILE RESULT_FILE``. Imports nothing heavy itself
+Started as ``python -m headroom._child CALL_FILE RESULT_FILE``, or ahead of need as
+``python -m headroom._child --wait`` (see headroom.spare). Imports nothing heavy itself
 so that start-up costs only what the guarded function's own module imports.
 """
 
@@ -94,8 +95,23 @@ def _dump(obj, required: bool = True) -> bytes | None:
         return None
 
 
-def main(call_file: str, result_file: str) -> None:
+def wait_for_call() -> None:
+    """A spare child (headroom.spare): started ahead of need, it waits on stdin for its call
+    (call file, result file, cap); end of input means it is not needed."""
+    import json
+
     _die_with_parent()
+    line = sys.stdin.readline()
+    if not line:
+        os._exit(0)
+    call = json.loads(line)
+    os.environ["HEADROOM_CAP_MB"] = str(call["cap_mb"])
+    main(call["call"], call["result"], die_with_parent=False)
+
+
+def main(call_file: str, result_file: str, die_with_parent: bool = True) -> None:
+    if die_with_parent:
+        _die_with_parent()
     with open(call_file, "rb") as handle:
         module_name, qualname, args, kwargs = pickle.load(handle)
     base_kb = 0
@@ -126,4 +142,7 @@ def main(call_file: str, result_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1:] == ["--wait"]:
+        wait_for_call()
+    else:
+        main(sys.argv[1], sys.argv[2])

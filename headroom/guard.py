@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headroom import spare
 from headroom.budget import cgroup_oom_kills
 from headroom.errors import ChildFailed, GuardTimeout, OutOfMemory
 from headroom.units import MIB
@@ -82,19 +83,22 @@ def guarded_call(
         call_file = Path(workdir, "call.pkl")
         result_file = Path(workdir, "result.pkl")
         call_file.write_bytes(pickle.dumps((module_name, qualname, args, kwargs)))
-        env = dict(os.environ, HEADROOM_PARENT_PID=str(os.getpid()), HEADROOM_CAP_MB=str(cap_mb))
+        env = dict(os.environ, HEADROOM_PARENT_PID=str(os.getpid()))
+        env.pop("HEADROOM_CAP_MB", None)  # handed with the call: a spare starts before it
         # The child imports the body by name: it must see every directory the parent does
         # (the parent's sys.path may hold more than its PYTHONPATH, e.g. a script's folder).
         search = [p for p in sys.path if p] + env.get("PYTHONPATH", "").split(os.pathsep)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in search if p))
         oom_before = cgroup_oom_kills()
+        child = spare.take_child(env)
         started = time.monotonic()
-        child = subprocess.Popen(
-            [sys.executable, "-m", "headroom._child", str(call_file), str(result_file)],
-            env=env,
-            start_new_session=True,  # its own process group: we kill the whole tree
-            close_fds=True,
-        )
+        try:
+            spare.hand_call(child, str(call_file), str(result_file), cap_mb)
+        except OSError:  # the waiting child is gone (killed from outside): one more
+            _kill_tree(child)
+            child = spare.start_child(env)
+            started = time.monotonic()
+            spare.hand_call(child, str(call_file), str(result_file), cap_mb)
         watch = _Watch(child, cap_mb)
         try:
             outcome = watch.until_exit(started, timeout_s)

@@ -127,3 +127,34 @@ def test_the_child_imports_what_the_parent_can_even_with_pythonpath_set(tmp_path
     import local_bodies
 
     assert run_guarded(local_bodies.triple, 7, cap_mb=200) == 21
+
+
+def test_a_call_runs_in_a_child_started_ahead_of_it():
+    run_guarded(workers.add, 1, 1, cap_mb=200)  # leaves a spare behind
+    time.sleep(0.5)
+    asked = time.time()
+    assert run_guarded(workers.started_at, cap_mb=200) < asked - 0.2
+
+
+def test_a_spare_never_runs_a_call_with_another_environment(monkeypatch):
+    run_guarded(workers.add, 1, 1, cap_mb=200)  # a spare with the environment of now
+    monkeypatch.setenv("HEADROOM_TEST_MARK", "after the spare started")
+    assert run_guarded(workers.environment_value, "HEADROOM_TEST_MARK", cap_mb=200) == (
+        "after the spare started"
+    )
+
+
+def test_a_spare_killed_from_outside_is_replaced_not_taken_for_an_oom():
+    import psutil
+
+    run_guarded(workers.add, 1, 1, cap_mb=200)
+    spares = [
+        p
+        for p in psutil.Process().children()
+        if p.cmdline()[-2:] == ["headroom._child", "--wait"]
+    ]
+    assert spares, "a waiting child after a call"
+    for process in spares:
+        process.kill()
+        process.wait(5)
+    assert run_guarded(workers.add, 2, 3, cap_mb=200) == 5

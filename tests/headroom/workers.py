@@ -66,3 +66,14 @@ def chunked_job(total_rows: int, rows_per_chunk: int, bytes_per_row: int = 1024)
         done += rows
         del buffer
     return done
+
+
+def started_at() -> float:
+    """When this process was started (epoch seconds)."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def environment_value(name: str) -> str | None:
+    return os.environ.get(name)

@@ -1,0 +1,130 @@
+"""Guarded children started ahead of need, so a call does not wait for an interpreter.
+
+A fresh ``python -m headroom._child`` spends 100-300 ms (more on a loaded host) starting the
+interpreter and processing site-packages before it can run anything: on a 5 s task that is
+most of the guard's overhead. So after each call the guard starts the next child, which waits
+on its stdin for the call, while the current one runs. A spare is used only by a call with
+the very environment and working directory it was started with (else it is dropped and a
+fresh child started), and is always a clean process: one call each, never reused.
+
+Spares are started by one long-lived thread: a child's PR_SET_PDEATHSIG fires when the
+*thread* that started it ends, and a task runner's worker thread may end while its spare
+waits, which would kill a child that a later call from another thread is using.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+CHILD_ARGV = [sys.executable, "-m", "headroom._child", "--wait"]
+
+
+@dataclass
+class _Spare:
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    cwd: str
+
+
+_lock = threading.Lock()
+_spare: _Spare | None = None
+_requests: queue.SimpleQueue[tuple[dict[str, str], Future[subprocess.Popen[bytes]]]] = (
+    queue.SimpleQueue()
+)
+_starter: threading.Thread | None = None
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        CHILD_ARGV,
+        env=env,
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the guard kills the whole tree
+        close_fds=True,
+    )
+
+
+def _serve_requests() -> None:
+    while True:
+        env, done = _requests.get()
+        try:
+            done.set_result(_start(env))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            done.set_exception(exc)
+
+
+def start_child(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A new waiting child, started by the long-lived starter thread."""
+    global _starter
+    with _lock:
+        if _starter is None or not _starter.is_alive():
+            _starter = threading.Thread(target=_serve_requests, name="headroom-spare", daemon=True)
+            _starter.start()
+    done: Future[subprocess.Popen[bytes]] = Future()
+    _requests.put((env, done))
+    return done.result()
+
+
+def take_child(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A waiting child for a call with ``env``: the spare when it fits, else a new one; then
+    a spare for the next call is started while this one runs."""
+    global _spare
+    cwd = os.getcwd()
+    with _lock:
+        spare, _spare = _spare, None
+    child = None
+    if spare is not None:
+        if spare.env == env and spare.cwd == cwd and spare.process.poll() is None:
+            child = spare.process
+        else:
+            _discard(spare.process)
+    if child is None:
+        child = start_child(env)
+    try:
+        following = start_child(env)
+    except OSError:
+        return child  # no spare this time (e.g. out of processes); the call goes on
+    with _lock:
+        stale, _spare = _spare, _Spare(following, env, cwd)
+    if stale is not None:  # another thread's spare, made in the meantime
+        _discard(stale.process)
+    return child
+
+
+def hand_call(
+    child: subprocess.Popen[bytes], call_file: str, result_file: str, cap_mb: float
+) -> None:
+    """Give a waiting child its call; it starts at once."""
+    assert child.stdin is not None
+    message = json.dumps({"call": call_file, "result": result_file, "cap_mb": cap_mb})
+    child.stdin.write(message.encode() + b"\n")
+    child.stdin.close()
+
+
+def _discard(process: subprocess.Popen[bytes]) -> None:
+    """End a spare that will not be used; it has run nothing yet, so nothing is lost."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    with contextlib.suppress(OSError):
+        if process.stdin is not None:
+            process.stdin.close()
+
+
+@atexit.register
+def _drop_spare() -> None:
+    global _spare
+    with _lock:
+        spare, _spare = _spare, None
+    if spare is not None:
+        _discard(spare.process)
