@@ -1,7 +1,7 @@
 """Entry point of a guarded child: load the call, run it, write back its result.
 
 Started as ``python -m headroom._child CALL_FILE RESULT_FILE``, or ahead of need as
-``python -m headroom._child --wait`` (see headroom.spare). Imports nothing heavy itself
+``python -m headroom._child --wait MODULE`` (see headroom.spare). Imports nothing heavy itself
 so that start-up costs only what the guarded function's own module imports.
 """
 
@@ -95,12 +95,17 @@ def _dump(obj, required: bool = True) -> bytes | None:
         return None
 
 
-def wait_for_call() -> None:
-    """A spare child (headroom.spare): started ahead of need, it waits on stdin for its call
-    (call file, result file, cap); end of input means it is not needed."""
+def wait_for_call(module_name: str) -> None:
+    """A spare child (headroom.spare): started ahead of need, it imports the module of the
+    call it expects, then waits on stdin for the call (call file, result file, cap); end of
+    input means it is not needed."""
     import json
 
     _die_with_parent()
+    try:
+        importlib.import_module(module_name)
+    except BaseException:  # noqa: BLE001 - the call imports it again and reports the error
+        pass
     line = sys.stdin.readline()
     if not line:
         os._exit(0)
@@ -142,7 +147,7 @@ def main(call_file: str, result_file: str, die_with_parent: bool = True) -> None
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--wait"]:
-        wait_for_call()
+    if sys.argv[1] == "--wait":
+        wait_for_call(sys.argv[2])
     else:
         main(sys.argv[1], sys.argv[2])

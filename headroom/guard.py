@@ -90,13 +90,13 @@ def guarded_call(
         search = [p for p in sys.path if p] + env.get("PYTHONPATH", "").split(os.pathsep)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in search if p))
         oom_before = cgroup_oom_kills()
-        child = spare.take_child(env)
+        child = spare.take_child(env, module_name)
         started = time.monotonic()
         try:
             spare.hand_call(child, str(call_file), str(result_file), cap_mb)
         except OSError:  # the waiting child is gone (killed from outside): one more
             _kill_tree(child)
-            child = spare.start_child(env)
+            child = spare.start_child(env, module_name)
             started = time.monotonic()
             spare.hand_call(child, str(call_file), str(result_file), cap_mb)
         watch = _Watch(child, cap_mb)

@@ -3,9 +3,12 @@
 A fresh ``python -m headroom._child`` spends 100-300 ms (more on a loaded host) starting the
 interpreter and processing site-packages before it can run anything: on a 5 s task that is
 most of the guard's overhead. So after each call the guard starts the next child, which waits
-on its stdin for the call, while the current one runs. A spare is used only by a call with
-the very environment and working directory it was started with (else it is dropped and a
-fresh child started), and is always a clean process: one call each, never reused.
+on its stdin for the call, while the current one runs. It has already imported the module of
+the call it was started after, as a fresh child would first thing (a body's numpy, pyarrow
+and DuckDB imports take longer than the interpreter). A spare is used only by a call of a
+function of that module, with the environment and working directory it was started with
+(else it is dropped and a fresh child started), and is always a clean process: one call
+each, never reused.
 
 Spares are started by one long-lived thread: a child's PR_SET_PDEATHSIG fires when the
 *thread* that started it ends, and a task runner's worker thread may end while its spare
@@ -27,6 +30,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 CHILD_ARGV = [sys.executable, "-m", "headroom._child", "--wait"]
+# "0" turns spares off: each call then starts its own child, as a memory-tight host may want
+# (a spare holds its interpreter and the body module's imports, outside any task's cap).
+ENV_SPARE = "HEADROOM_SPARE_CHILD"
 
 
 @dataclass
@@ -34,19 +40,20 @@ class _Spare:
     process: subprocess.Popen[bytes]
     env: dict[str, str]
     cwd: str
+    module: str
 
 
 _lock = threading.Lock()
 _spare: _Spare | None = None
-_requests: queue.SimpleQueue[tuple[dict[str, str], Future[subprocess.Popen[bytes]]]] = (
+_requests: queue.SimpleQueue[tuple[dict[str, str], str, Future[subprocess.Popen[bytes]]]] = (
     queue.SimpleQueue()
 )
 _starter: threading.Thread | None = None
 
 
-def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        CHILD_ARGV,
+        [*CHILD_ARGV, module],
         env=env,
         stdin=subprocess.PIPE,
         start_new_session=True,  # its own process group: the guard kills the whole tree
@@ -56,46 +63,49 @@ def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def _serve_requests() -> None:
     while True:
-        env, done = _requests.get()
+        env, module, done = _requests.get()
         try:
-            done.set_result(_start(env))
+            done.set_result(_start(env, module))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             done.set_exception(exc)
 
 
-def start_child(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """A new waiting child, started by the long-lived starter thread."""
+def start_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
+    """A new child that imports ``module`` and waits; started by the long-lived thread."""
     global _starter
     with _lock:
         if _starter is None or not _starter.is_alive():
             _starter = threading.Thread(target=_serve_requests, name="headroom-spare", daemon=True)
             _starter.start()
     done: Future[subprocess.Popen[bytes]] = Future()
-    _requests.put((env, done))
+    _requests.put((env, module, done))
     return done.result()
 
 
-def take_child(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """A waiting child for a call with ``env``: the spare when it fits, else a new one; then
-    a spare for the next call is started while this one runs."""
+def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
+    """A waiting child for a call of a function of ``module`` with ``env``: the spare when it
+    fits, else a new one; then a spare for the next call is started while this one runs."""
     global _spare
     cwd = os.getcwd()
     with _lock:
         spare, _spare = _spare, None
     child = None
     if spare is not None:
-        if spare.env == env and spare.cwd == cwd and spare.process.poll() is None:
+        fits = spare.env == env and spare.cwd == cwd and spare.module == module
+        if fits and spare.process.poll() is None:
             child = spare.process
         else:
             _discard(spare.process)
     if child is None:
-        child = start_child(env)
+        child = start_child(env, module)
+    if os.environ.get(ENV_SPARE, "1") == "0":
+        return child
     try:
-        following = start_child(env)
+        following = start_child(env, module)
     except OSError:
         return child  # no spare this time (e.g. out of processes); the call goes on
     with _lock:
-        stale, _spare = _spare, _Spare(following, env, cwd)
+        stale, _spare = _spare, _Spare(following, env, cwd, module)
     if stale is not None:  # another thread's spare, made in the meantime
         _discard(stale.process)
     return child

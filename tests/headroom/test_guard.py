@@ -144,15 +144,25 @@ def test_a_spare_never_runs_a_call_with_another_environment(monkeypatch):
     )
 
 
-def test_a_spare_killed_from_outside_is_replaced_not_taken_for_an_oom():
+def _waiting_children() -> list:
     import psutil
 
-    run_guarded(workers.add, 1, 1, cap_mb=200)
-    spares = [
+    return [
         p
         for p in psutil.Process().children()
-        if p.cmdline()[-2:] == ["headroom._child", "--wait"]
+        if p.cmdline()[-3:-1] == ["headroom._child", "--wait"]
     ]
+
+
+def test_spares_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("HEADROOM_SPARE_CHILD", "0")
+    assert run_guarded(workers.add, 1, 1, cap_mb=200) == 2
+    assert _waiting_children() == []
+
+
+def test_a_spare_killed_from_outside_is_replaced_not_taken_for_an_oom():
+    run_guarded(workers.add, 1, 1, cap_mb=200)
+    spares = _waiting_children()
     assert spares, "a waiting child after a call"
     for process in spares:
         process.kill()
