@@ -409,7 +409,7 @@ def map_bounded(
     server (Prefect 3.8 hands tag slots over slowly). Never raises for an item: each
     :class:`Outcome` carries its value or its error.
     """
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.artifacts import create_progress_artifact
     from prefect.futures import as_completed
 
     pending = list(items)
@@ -425,11 +425,17 @@ def map_bounded(
             )
         except Exception:
             progress_id = None
+    reported = 0
     while following < len(pending) or running:
         while following < len(pending) and len(running) < max_workers:
             extra = {} if chunk_scale is None else {"chunk_scale": chunk_scale}
             running[task.submit(**pending[following], **extra)] = following
             following += 1
+        # Progress is reported after the next item is on its way, not before: a freed slot
+        # never waits for an API call.
+        if progress_id is not None and reported < finished:
+            progress_id = _report_progress(progress_id, finished, len(pending))
+            reported = finished
         future = next(as_completed(list(running)))
         index = running.pop(future)
         try:
@@ -438,12 +444,20 @@ def map_bounded(
         except Exception as error:  # noqa: BLE001 - one item's failure is its outcome
             outcomes[index].error = error
         finished += 1
-        if progress_id is not None:
-            try:
-                update_progress_artifact(progress_id, 100.0 * finished / len(pending))
-            except Exception:
-                progress_id = None
+    if progress_id is not None:
+        _report_progress(progress_id, finished, len(pending))
     return outcomes
+
+
+def _report_progress(progress_id: UUID, finished: int, total: int) -> UUID | None:
+    """Update the progress artifact; None (stop reporting) when the server refuses."""
+    from prefect.artifacts import update_progress_artifact
+
+    try:
+        update_progress_artifact(progress_id, 100.0 * finished / total)
+    except Exception:
+        return None
+    return progress_id
 
 
 @dataclass

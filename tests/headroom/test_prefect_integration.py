@@ -7,6 +7,7 @@ import os
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from headroom import Chunking
 from headroom.prefect import FLOW_HOOKS, FLOW_TAG_OOM, map_bounded
@@ -100,9 +101,18 @@ def test_tag_limit_three_is_never_exceeded():
         )
         return [o.value for o in outcomes]
 
-    spans = twelve()
+    state = twelve(return_state=True)
+    spans = state.result()
     assert len(spans) == 12
     assert _overlap(spans) <= 3
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    (progress,) = [a for a in artifacts if a.type == "progress"]
+    assert progress.data == 100.0
 
 
 def test_memory_weighted_admission_bounds_overlap():
