@@ -61,6 +61,12 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+def _send_queued_logs() -> None:
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One Prefect server for the session, with headroom's limits created: on the local
@@ -76,6 +82,7 @@ def prefect_harness() -> Iterator[None]:
                 with temporary_settings({PREFECT_API_URL: url}):
                     apply_limits()
                     yield
+                    _send_queued_logs()  # before the server goes, not into its absence
             finally:
                 os.environ.pop("PREFECT_API_URL", None)
         return
