@@ -152,15 +152,19 @@ def host_memory_bytes(proc_root: str | os.PathLike[str] = "/proc") -> int | None
     return None
 
 
-def cgroup_limit_bytes(
-    proc_root: str | os.PathLike[str] = "/proc",
-    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
-) -> tuple[int | None, str]:
-    """The tightest memory limit over this process's cgroup and its ancestors (v1 or v2)."""
+def _own_memory_cgroup(
+    proc_root: str | os.PathLike[str], cgroup_root: str | os.PathLike[str]
+) -> tuple[Path, Path, str] | None:
+    """(mount of the memory hierarchy, this process's cgroup under it, "v1" or "v2"), from
+    /proc/self/cgroup; None when the process is in no memory cgroup.
+
+    Inside a container the path in /proc/self/cgroup may name a directory the namespace does
+    not show; then the mounted root itself is this process's cgroup.
+    """
     try:
         lines = Path(proc_root, "self", "cgroup").read_text().splitlines()
     except OSError:
-        return None, ""
+        return None
     v1_path = v2_path = None
     for line in lines:
         hierarchy, _, rest = line.partition(":")
@@ -171,26 +175,34 @@ def cgroup_limit_bytes(
             v2_path = path
     root = Path(cgroup_root)
     if v1_path is not None:
-        base = root / "memory" if (root / "memory").is_dir() else root
-        return _tightest(base, v1_path, "memory.limit_in_bytes")
-    if v2_path is not None:
-        base = root / "unified" if (root / "unified" / "cgroup.controllers").exists() else root
-        return _tightest(base, v2_path, "memory.max")
-    return None, ""
-
-
-def _tightest(base: Path, cgroup_path: str, file_name: str) -> tuple[int | None, str]:
-    """Smallest limit in ``file_name`` from the cgroup directory up to the mount root.
-
-    Inside a container the path in /proc/self/cgroup may name a directory the namespace does
-    not show; then the mounted root itself is this process's cgroup.
-    """
-    relative = Path(cgroup_path.lstrip("/"))
+        base, version, path = (
+            (root / "memory" if (root / "memory").is_dir() else root),
+            "v1",
+            v1_path,
+        )
+    elif v2_path is not None:
+        unified = (root / "unified" / "cgroup.controllers").exists()
+        base, version, path = (root / "unified" if unified else root), "v2", v2_path
+    else:
+        return None
+    relative = Path(path.lstrip("/"))
     while relative.parts and not (base / relative).is_dir():
         relative = Path(*relative.parts[1:]) if len(relative.parts) > 1 else Path()
+    return base, relative, version
+
+
+def cgroup_limit_bytes(
+    proc_root: str | os.PathLike[str] = "/proc",
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
+) -> tuple[int | None, str]:
+    """The tightest memory limit over this process's cgroup and its ancestors (v1 or v2)."""
+    found = _own_memory_cgroup(proc_root, cgroup_root)
+    if found is None:
+        return None, ""
+    base, current, version = found
+    file_name = "memory.limit_in_bytes" if version == "v1" else "memory.max"
     best: int | None = None
     where = ""
-    current = relative
     while True:
         value = _read_limit(base / current / file_name)
         if value is not None and (best is None or value < best):
@@ -216,13 +228,15 @@ def cgroup_oom_kills(
     proc_root: str | os.PathLike[str] = "/proc",
     cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
 ) -> int | None:
-    """The OOM-kill counter of this process's memory cgroup, where the kernel exposes one."""
-    root = Path(cgroup_root)
-    for candidate in (root / "memory.events", root / "unified" / "memory.events"):
-        count = _read_counter(candidate, "oom_kill")
-        if count is not None:
-            return count
-    return _read_counter(root / "memory" / "memory.oom_control", "oom_kill")
+    """The OOM-kill counter of this process's memory cgroup (v2 ``memory.events`` counts its
+    whole subtree, v1 ``memory.oom_control`` the group), where the kernel exposes one."""
+    found = _own_memory_cgroup(proc_root, cgroup_root)
+    if found is None:
+        return None
+    base, relative, version = found
+    if version == "v2":
+        return _read_counter(base / relative / "memory.events", "oom_kill")
+    return _read_counter(base / relative / "memory.oom_control", "oom_kill")
 
 
 def _read_counter(path: Path, key: str) -> int | None:

@@ -103,3 +103,23 @@ def test_parse_size_names_the_parameter():
 
 def test_duckdb_gets_explicit_mib():
     assert duckdb_limit(300.7) == "300MiB"
+
+
+def test_oom_kills_are_counted_in_this_process_own_cgroup(tmp_path):
+    from headroom.budget import cgroup_oom_kills
+
+    proc = _proc(tmp_path / "a", "0::/jobs/leaf\n")
+    root = tmp_path / "a" / "v2"
+    _write(root / "jobs" / "leaf", "max")
+    (root / "memory.events").write_text("oom 9\noom_kill 9\n")  # the host's, not ours
+    (root / "jobs" / "leaf" / "memory.events").write_text("low 0\noom 2\noom_kill 2\n")
+    assert cgroup_oom_kills(proc, root) == 2
+
+    proc = _proc(tmp_path / "b", "4:memory:/batch\n0::/\n")
+    root = tmp_path / "b" / "v1"
+    _write(root / "memory" / "batch", str(GIB))
+    (root / "memory" / "batch" / "memory.oom_control").write_text(
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n"
+    )
+    assert cgroup_oom_kills(proc, root) == 5
+    assert cgroup_oom_kills(_proc(tmp_path / "c", ""), tmp_path / "c") is None
