@@ -33,10 +33,12 @@ UUID_LINE = re.compile(r"UUID: ([0-9a-f-]{36})")
 def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` after timeout."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:  # probes at least once, however short the time left
         value = probe()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            break
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
