@@ -363,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.action == "start":
         pg = PgSettings.from_env()
+        if not pg.password and os.environ.get("HEADROOM_PG_TRUST") != "1":
+            log.error(
+                "HEADROOM_PG_PASSWORD is empty: the role %r would have no password. Set it, or "
+                "set HEADROOM_PG_TRUST=1 where PostgreSQL trusts local connections by design",
+                pg.user,
+            )
+            return 2
         start_server(settings, pg)
         try:
             run_setup(settings)

@@ -39,6 +39,14 @@ def test_bind_policy_and_settings_are_checked():
     assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in server.ServerSettings().client_env()
 
 
+def test_start_refuses_a_role_without_password_unless_trust_is_declared(tmp_path, monkeypatch):
+    monkeypatch.delenv("HEADROOM_PG_PASSWORD", raising=False)
+    monkeypatch.delenv("HEADROOM_PG_TRUST", raising=False)
+    monkeypatch.setenv("HEADROOM_PROD_DIR", str(tmp_path / "prod"))
+    assert server.main(["start"]) == 2
+    assert not (tmp_path / "prod" / "server.pid").exists()  # nothing was started
+
+
 def test_pg_script_creates_role_and_database_idempotently_with_any_password():
     import asyncio
 
