@@ -9,7 +9,9 @@
    (market, location, interval) the later revision wins (PJM ``version_nbr``, else the later
    file by modification time, then name). It writes a new version directory, then swaps the
    partition's ``_manifest.json`` pointer (atomic), then deletes older versions. Readers follow
-   the manifest (:func:`current_files`); re-converting a month replaces it.
+   the manifest (:func:`current_files`); re-converting a month replaces it. A partition
+   whose staged parts one :func:`convert_files` call wrote, disjoint and in time order, was
+   already written as they were staged (:mod:`flows.iso_lmp.onepass`) and is copied instead.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import CANONICAL_COLUMNS, IsoParseError, Market, canonical_schema
+from flows.iso_lmp.onepass import OnePass, copy_to_storage
 from headroom.guard import duckdb_share
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ STAGING = "_staging"
 MARKER = "source.json"
 MANIFEST = "_manifest.json"
 STAGING_VERSION = 2
+STAGING_DICTIONARY_COLUMNS = ["iso", "market", "location", "location_type"]
 KEY_LIMIT_ROWS = 2_000_000
 """Above this many rows in one file, duplicates are found by DuckDB on disk, not in memory."""
 
@@ -105,28 +109,37 @@ def convert_files(
     ``out``, then publish every (market, month) partition they touch."""
     fmt = iso_format(iso)
     results = []
-    for name in files:
-        started = time.monotonic()
-        market = fmt.market_of(Path(name).name)
-        try:
-            if market is None:
-                raise IsoParseError(name, f"not a {fmt.iso_id} price file name")
-            result = convert_file(iso, market.value, name, staging, rows_per_chunk)
-        except (IsoParseError, OSError) as exc:
-            log.warning("%s: %s", name, exc)
-            result = {"file": name, "error": str(exc)}
-        except MemoryError:
-            raise  # the guard's business: an OOM is retried with a smaller chunk
-        except Exception as exc:  # a failure no parser foresaw is still this file's alone
-            log.warning("%s: unexpected %s: %s", name, type(exc).__name__, exc)
-            result = {"file": name, "error": f"{Path(name).name}: {type(exc).__name__}: {exc}"}
-        result["seconds"] = round(time.monotonic() - started, 3)
-        result["market"] = market.value if market else None
-        results.append(result)
-    partitions: list[dict[str, Any]] = []
-    if out is not None:
-        touched = sorted({(r["market"], m) for r in results for m in r.get("months", [])})
-        partitions = publish_partitions(iso, touched, staging, out, rows_per_chunk)
+    written = OnePass(Path(staging), rows_per_chunk) if out is not None else None
+    try:
+        for name in files:
+            started = time.monotonic()
+            market = fmt.market_of(Path(name).name)
+            try:
+                if market is None:
+                    raise IsoParseError(name, f"not a {fmt.iso_id} price file name")
+                result = convert_file(
+                    iso, market.value, name, staging, rows_per_chunk, written=written
+                )
+            except (IsoParseError, OSError) as exc:
+                log.warning("%s: %s", name, exc)
+                result = {"file": name, "error": str(exc)}
+            except MemoryError:
+                raise  # the guard's business: an OOM is retried with a smaller chunk
+            except Exception as exc:  # a failure no parser foresaw is still this file's alone
+                log.warning("%s: unexpected %s: %s", name, type(exc).__name__, exc)
+                result = {"file": name, "error": f"{Path(name).name}: {type(exc).__name__}: {exc}"}
+            if "error" in result and written is not None and market is not None:
+                written.file_failed(market.value)
+            result["seconds"] = round(time.monotonic() - started, 3)
+            result["market"] = market.value if market else None
+            results.append(result)
+        partitions: list[dict[str, Any]] = []
+        if out is not None:
+            touched = sorted({(r["market"], m) for r in results for m in r.get("months", [])})
+            partitions = publish_partitions(iso, touched, staging, out, rows_per_chunk, written)
+    finally:
+        if written is not None:
+            written.close()
     return {"iso": fmt.iso_id, "files": results, "partitions": partitions}
 
 
@@ -137,8 +150,10 @@ def convert_file(
     staging: str,
     rows_per_chunk: int,
     key_limit: int = KEY_LIMIT_ROWS,
+    written: OnePass | None = None,
 ) -> dict[str, Any]:
-    """Stage one raw file (skipped when unchanged); returns its rows and UTC months."""
+    """Stage one raw file (skipped when unchanged); returns its rows and UTC months.
+    ``written`` is also given the staged rows (see :mod:`flows.iso_lmp.onepass`)."""
     import pyarrow.parquet as pq
 
     fmt, kind, source = iso_format(iso), Market(market), Path(path)
@@ -158,6 +173,8 @@ def convert_file(
             "months": previous["months"],
             "skipped": True,
         }
+    if written is not None:
+        written.begin(kind.value, source.name, signature)
     temporary = final.parent / f".tmp-{uuid.uuid4().hex[:8]}-{source.name}"
     temporary.mkdir(parents=True)
     writers: dict[str, pq.ParquetWriter] = {}
@@ -171,12 +188,18 @@ def convert_file(
             for month, part in _by_month(table):
                 _widen(spans, month, part)
                 if month not in writers:
-                    writers[month] = pq.ParquetWriter(  # local and short-lived: no compression
+                    # Local and short-lived, read whole by publication: no compression and
+                    # no statistics; dictionaries only for the repetitive text columns.
+                    writers[month] = pq.ParquetWriter(
                         temporary / f"{month}.parquet",
                         canonical_schema(staging=True),
                         compression="none",
+                        use_dictionary=STAGING_DICTIONARY_COLUMNS,
+                        write_statistics=False,
                     )
                 writers[month].write_table(part, row_group_size=rows_per_chunk)
+                if written is not None:
+                    written.add(kind.value, month, source.name, part)
         for writer in writers.values():
             writer.close()
         writers.clear()
@@ -216,6 +239,12 @@ def _by_month(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
     import pyarrow as pa
 
     starts = table.column("interval_start_utc").combine_chunks().cast(pa.int64()).to_numpy()
+    if len(starts):  # most chunks lie in one month: tell from the ends, not a sort of all
+        ends = np.array([starts.min(), starts.max()]).astype("datetime64[us]")
+        first, last = ends.astype("datetime64[M]")
+        if first == last:
+            yield str(first), table
+            return
     months = starts.astype("datetime64[us]").astype("datetime64[M]")
     distinct = np.unique(months)
     if len(distinct) == 1:
@@ -253,8 +282,8 @@ class DuplicateKeys:
 
     def __init__(self, path: Path, column: str, limit: int) -> None:
         self.path, self.column, self.limit = path, column, limit
-        self.codes: dict[str, int] = {}
-        self.names: list[str] = []
+        self.names: pa.Array | None = None
+        """Every location seen so far; a location's code is its position here."""
         self.parts: list[np.ndarray] = []
         self.rows = 0
         self.revised = False
@@ -270,14 +299,18 @@ class DuplicateKeys:
             self.parts = []  # too many for memory: checked on disk instead
             self.revised = True  # not known: publication de-duplicates
             return
+        # Codes in Arrow, not a Python dict: a file's thousands of nodes cost per-name calls.
         location = table.column("location").combine_chunks()
-        distinct = pc.unique(location)
-        for name in distinct.to_pylist():
-            if name not in self.codes:
-                self.codes[name] = len(self.names)
-                self.names.append(name)
-        codes = np.array([self.codes[n] for n in distinct.to_pylist()], dtype=np.int64)
-        position = pc.index_in(location, value_set=distinct).to_numpy()
+        encoded = pc.dictionary_encode(location, null_encoding="encode")
+        distinct = encoded.dictionary
+        if self.names is None:
+            self.names = distinct.slice(0, 0)
+        found = pc.index_in(distinct, value_set=self.names)
+        if found.null_count:
+            self.names = pa.concat_arrays([self.names, distinct.filter(pc.is_null(found))])
+            found = pc.index_in(distinct, value_set=self.names)
+        codes = found.to_numpy().astype(np.int64)
+        position = encoded.indices.to_numpy()
         utc = table.column("interval_start_utc").combine_chunks().cast(pa.int64()).to_numpy()
         self.parts.append(
             np.stack(
@@ -313,6 +346,8 @@ class DuplicateKeys:
         if not self.parts:
             return None
         keys = np.concatenate(self.parts, axis=1)
+        if _all_distinct(keys[0], keys[1]):
+            return None  # the usual file: no (location, interval) twice, so nothing to rank
         order = np.lexsort((keys[3], keys[2], keys[1], keys[0]))
         ordered = keys[:, order]
         self.revised = bool(np.all(ordered[:2, 1:] == ordered[:2, :-1], axis=0).any())
@@ -322,11 +357,26 @@ class DuplicateKeys:
         hits = np.flatnonzero(same)
         at = hits[np.argmin(ordered[3, hits + 1])]
         return (
-            self.names[int(ordered[0, at])],
+            self.names[int(ordered[0, at])].as_py(),
             int(ordered[1, at]),
             int(ordered[3, at]),
             int(ordered[3, at + 1]),
         )
+
+
+def _all_distinct(codes: np.ndarray, starts: np.ndarray) -> bool:
+    """Whether no (location code, interval start) pair occurs twice: one sort of one packed
+    int64 key instead of a four-key lexsort (False also when the pair cannot be packed)."""
+    import numpy as np
+
+    if len(codes) < 2:
+        return True
+    low = int(starts.min())
+    span = int(starts.max()) - low + 1
+    if (int(codes.max()) + 1) * span >= 1 << 62:
+        return False
+    packed = np.sort(codes * span + (starts - low))
+    return not bool((packed[1:] == packed[:-1]).any())
 
 
 def _duplicate_on_disk(staged: list[Path]) -> tuple[str, int, int, int] | None:
@@ -397,9 +447,16 @@ def disjoint_in_time(staged: list[tuple[Path, dict]], month: str) -> list[Path] 
 
 
 def publish_partition(
-    iso: str, market: str, month: str, staging: str, out: str, rows_per_chunk: int
+    iso: str,
+    market: str,
+    month: str,
+    staging: str,
+    out: str,
+    rows_per_chunk: int,
+    written: OnePass | None = None,
 ) -> dict[str, Any]:
-    """Build one partition from its staged files, later revisions winning; swap it in."""
+    """Build one partition from its staged files, later revisions winning; swap it in.
+    ``written``: what the convert call wrote as it staged (used when it is the whole)."""
 
     from headroom.storage import open_storage
 
@@ -414,7 +471,13 @@ def publish_partition(
     version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     data = posixpath.join(relative, version, "part-00000.parquet")
     in_order = disjoint_in_time(staged, month)
-    if in_order is not None:
+    ready = None
+    if written is not None and in_order is not None:
+        ready = written.take(market, month, in_order, {p: m for p, m in staged})
+    if ready is not None:
+        local, rows, checksum = ready
+        copy_to_storage(local, storage, data)
+    elif in_order is not None:
         rows, checksum = _write_parquet(
             storage, data, _concatenated(in_order, rows_per_chunk), rows_per_chunk
         )
@@ -438,7 +501,7 @@ def publish_partition(
         relative,
         rows,
         len(parts),
-        "concatenated" if in_order else "de-duplicated",
+        "written in one pass" if ready else "concatenated" if in_order else "de-duplicated",
         removed,
     )
     return {"partition": relative, "rows": rows, "files": len(parts), "checksum": checksum}
@@ -489,8 +552,9 @@ def _deduplicated(parts, staging: str, storage: Storage, data: str, rows_per_chu
 
 def _write_parquet(storage: Storage, relative: str, reader: Any, rows_per_chunk: int):
     """Write batches to one Parquet file under a temporary name; (rows, content checksum)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from flows.iso_lmp.onepass import row_groups
 
     schema = canonical_schema()
     digest = Checksum(schema)
@@ -498,8 +562,7 @@ def _write_parquet(storage: Storage, relative: str, reader: Any, rows_per_chunk:
     with storage.atomic_output(relative) as temporary:
         with storage.filesystem.open_output_stream(temporary) as stream:
             with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
-                for batch in reader:
-                    table = pa.Table.from_batches([batch]).cast(schema)
+                for table in row_groups(reader, schema, rows_per_chunk):
                     writer.write_table(table, row_group_size=rows_per_chunk)
                     digest.update(table)
                     rows += table.num_rows
@@ -507,31 +570,43 @@ def _write_parquet(storage: Storage, relative: str, reader: Any, rows_per_chunk:
 
 
 class Checksum:
-    """SHA-256 of a table's values, column by column: independent of how rows are chunked."""
+    """SHA-256 of a table's values, column by column: independent of how rows are chunked
+    (a string column's lengths and bytes go to two hashes, so that chunk boundaries, which
+    follow the staged files, cannot show through)."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.hashes = {name: hashlib.sha256() for name in schema.names}
+        self.lengths = {field.name: hashlib.sha256() for field in schema if field.type == "string"}
 
     def update(self, table: pa.Table) -> None:
         import numpy as np
         import pyarrow as pa
 
+        # Chunk by chunk: no copy of the combined column is needed.
         for name, hasher in self.hashes.items():
-            column = table.column(name).combine_chunks()
-            if pa.types.is_string(column.type):
-                offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[
-                    column.offset : column.offset + len(column) + 1
-                ]
-                hasher.update(np.diff(offsets).tobytes())
-                hasher.update(memoryview(column.buffers()[2])[offsets[0] : offsets[-1]])
-            else:
-                values = column.cast(pa.float64()) if pa.types.is_floating(column.type) else column
-                hasher.update(values.to_numpy(zero_copy_only=False).tobytes())
+            for column in table.column(name).chunks:
+                if not len(column):
+                    continue
+                if pa.types.is_string(column.type):
+                    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[
+                        column.offset : column.offset + len(column) + 1
+                    ]
+                    self.lengths[name].update(np.diff(offsets).tobytes())
+                    data = column.buffers()[2]
+                    if data is not None:
+                        hasher.update(memoryview(data)[offsets[0] : offsets[-1]])
+                else:
+                    values = (
+                        column.cast(pa.float64()) if pa.types.is_floating(column.type) else column
+                    )
+                    hasher.update(values.to_numpy(zero_copy_only=False).tobytes())
 
     def hexdigest(self) -> str:
         total = hashlib.sha256()
         for name in sorted(self.hashes):
             total.update(self.hashes[name].digest())
+            if name in self.lengths:
+                total.update(self.lengths[name].digest())
         return total.hexdigest()
 
 
@@ -607,10 +682,15 @@ __all__ = [
 
 
 def publish_partitions(
-    iso: str, partitions: list[list[str]], staging: str, out: str, rows_per_chunk: int
+    iso: str,
+    partitions: list[list[str]],
+    staging: str,
+    out: str,
+    rows_per_chunk: int,
+    written: OnePass | None = None,
 ) -> list[dict[str, Any]]:
     """Publish several (market, month) partitions of one ISO, each swapped in on its own."""
     return [
-        publish_partition(iso, market, month, staging, out, rows_per_chunk)
+        publish_partition(iso, market, month, staging, out, rows_per_chunk, written)
         for market, month in partitions
     ]

@@ -26,6 +26,7 @@ from flows.iso_lmp.base import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 HOURS = tuple(f"HE {h}" for h in range(1, 25))
@@ -55,6 +56,7 @@ class Miso(IsoFormat):
 
     def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
         """Canonical rows of one MISO file, node by node, in chunks of whole nodes."""
+        import numpy as np
         import pyarrow as pa
 
         lines = first_lines(path, PREAMBLE_LINES + 1)
@@ -76,16 +78,13 @@ class Miso(IsoFormat):
             string_columns=("Node", "Type", "Value"),
             float_columns=HOURS,
         ):
+            first = first_data_line + start
             table = pa.Table.from_batches([batch]).append_column(
-                "_line",
-                pa.array(range(first_data_line + start, first_data_line + start + len(batch))),
+                "_line", pa.array(np.arange(first, first + len(batch), dtype=np.int64))
             )
             if carry is not None:
                 table = pa.concat_tables([carry, table])
-            nodes = table.column("Node").to_pylist()
-            tail = len(nodes)
-            while tail > 0 and nodes[tail - 1] == nodes[-1]:
-                tail -= 1
+            tail = _last_node_start(table.column("Node"))
             carry = table.slice(tail)
             if tail:
                 yield self._nodes(path, market, table.slice(0, tail), midnight_utc)
@@ -98,34 +97,38 @@ class Miso(IsoFormat):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        kinds = table.column("Value").to_pylist()
+        kinds = table.column("Value").combine_chunks()
         lines = table.column("_line").to_numpy()
-        nodes = table.column("Node").to_pylist()
-        for index, kind in enumerate(kinds):
-            if kind not in KINDS:
-                raise IsoParseError(path, f"unknown Value {kind!r}", int(lines[index]), "Value")
-        rows = {kind: np.flatnonzero(np.array(kinds, dtype=object) == kind) for kind in KINDS}
-        lmp_rows = rows["LMP"]
-        for kind in ("MCC", "MLC"):
-            same = len(rows[kind]) == len(lmp_rows) and all(
-                nodes[a] == nodes[b] for a, b in zip(rows[kind], lmp_rows, strict=True)
+        known = pc.is_in(kinds, value_set=pa.array(KINDS)).to_numpy(zero_copy_only=False)
+        if not known.all():
+            at = int(np.flatnonzero(~known)[0])
+            raise IsoParseError(
+                path, f"unknown Value {kinds[at].as_py()!r}", int(lines[at]), "Value"
             )
+        rows = {
+            kind: np.flatnonzero(pc.equal(kinds, kind).to_numpy(zero_copy_only=False))
+            for kind in KINDS
+        }
+        # Empty names are read as null: compare them as equal, as the published text is.
+        nodes = pc.fill_null(table.column("Node").combine_chunks(), "")
+        lmp_rows = rows["LMP"]
+        lmp_nodes = nodes.take(pa.array(lmp_rows))
+        for kind in ("MCC", "MLC"):
+            same = len(rows[kind]) == len(lmp_rows) and pc.all(
+                pc.equal(nodes.take(pa.array(rows[kind])), lmp_nodes)
+            ).as_py() in (True, None)
             if not same:
                 at = int(lines[lmp_rows[0]]) if len(lmp_rows) else int(lines[0])
                 raise IsoParseError(path, f"nodes without exactly one {kind} row", at, "Value")
-        components = {}
-        for kind in KINDS:
-            picked = table.take(pa.array(rows[kind]))
-            first = picked.column("_line").to_numpy()
-            matrix = np.empty((len(rows[kind]), 24))
-            for hour, column in enumerate(HOURS):
-                values = prices(path, picked.column(column).combine_chunks(), column, first)
-                if values.null_count:
-                    at = int(first[np.flatnonzero(pc.is_null(values).to_numpy(False))[0]])
-                    raise IsoParseError(path, "missing price", at, column)
-                matrix[:, hour] = values.to_numpy()
-            components[kind] = pa.array(matrix.reshape(-1))
-        lmp_table = table.take(pa.array(lmp_rows))
+        hours = [table.column(column) for column in HOURS]
+        if all(h.type == pa.float64() and not h.null_count for h in hours):
+            # The usual file: every price is a number, so no error can need its line; one
+            # (rows, 24) matrix serves all three components.
+            matrix = np.column_stack([h.to_numpy() for h in hours])
+            components = {kind: pa.array(matrix[rows[kind]].reshape(-1)) for kind in KINDS}
+        else:
+            components = self._checked_components(path, table, rows)
+        lmp_table = table.select(["Node", "Type", "_line"]).take(pa.array(lmp_rows))
         count = len(lmp_rows)
         start = midnight_utc + np.tile(np.arange(24, dtype=np.int64) * US_PER_HOUR, count)
         repeat = np.repeat(np.arange(count), 24)
@@ -143,3 +146,41 @@ class Miso(IsoFormat):
             lmp_table.column("_line").to_numpy()[repeat],
             fixed_offset_minutes=EST_MINUTES,
         )
+
+    def _checked_components(
+        self, path: Path, table: pa.Table, rows: dict[str, np.ndarray]
+    ) -> dict[str, pa.Array]:
+        """Each component's prices, hour by hour, failing at the first bad or missing one."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        components = {}
+        for kind in KINDS:
+            picked = table.take(pa.array(rows[kind]))
+            first = picked.column("_line").to_numpy()
+            matrix = np.empty((len(rows[kind]), 24))
+            for hour, column in enumerate(HOURS):
+                values = prices(path, picked.column(column).combine_chunks(), column, first)
+                if values.null_count:
+                    at = int(first[np.flatnonzero(pc.is_null(values).to_numpy(False))[0]])
+                    raise IsoParseError(path, "missing price", at, column)
+                matrix[:, hour] = values.to_numpy()
+            components[kind] = pa.array(matrix.reshape(-1))
+        return components
+
+
+def _last_node_start(nodes: pa.ChunkedArray) -> int:
+    """Index of the first row of the block's last node (0 when it has only one node)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if len(nodes) == 0:
+        return 0
+    last = nodes[len(nodes) - 1]
+    if last.is_valid:
+        same = pc.fill_null(pc.equal(nodes, last), False)
+    else:
+        same = pc.is_null(nodes)
+    other = np.flatnonzero(~same.to_numpy())
+    return int(other[-1]) + 1 if len(other) else 0

@@ -79,6 +79,7 @@ class Pjm(IsoFormat):
 
     def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
         """Canonical rows of one PJM file, in file order."""
+        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -98,6 +99,13 @@ class Pjm(IsoFormat):
             bytes_per_row=160,
             string_columns=("datetime_beginning_utc", "pnode_id", "type"),
             float_columns=price_columns,
+            include_columns=(
+                "datetime_beginning_utc",
+                "pnode_id",
+                "type",
+                *price_columns,
+                "version_nbr",
+            ),
         ):
             line = start + 2
             utc = parse_times(
@@ -122,6 +130,6 @@ class Pjm(IsoFormat):
                 values[f"system_energy_price_{suffix}"],
                 values[f"congestion_price_{suffix}"],
                 values[f"marginal_loss_price_{suffix}"],
-                pa.array(range(line, line + batch.num_rows)).to_numpy(),
+                np.arange(line, line + batch.num_rows, dtype=np.int64),
                 revision=pc.fill_null(version, 0).to_numpy(zero_copy_only=False),
             )

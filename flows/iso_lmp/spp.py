@@ -72,8 +72,9 @@ class Spp(IsoFormat):
             column_names=None,
             chunk_rows=chunk_rows,
             bytes_per_row=90,
-            string_columns=("Interval", "GMTIntervalEnd", "Settlement Location", "Pnode"),
+            string_columns=("GMTIntervalEnd", "Settlement Location"),
             float_columns=("LMP", "MLC", "MCC", "MEC"),
+            include_columns=("GMTIntervalEnd", "Settlement Location", "LMP", "MLC", "MCC", "MEC"),
         ):
             line = start + 2
             end = parse_times(
@@ -90,5 +91,5 @@ class Spp(IsoFormat):
                 prices(path, batch.column("MEC"), "MEC", line),
                 prices(path, batch.column("MCC"), "MCC", line),
                 prices(path, batch.column("MLC"), "MLC", line),
-                np.arange(line, line + batch.num_rows),
+                np.arange(line, line + batch.num_rows, dtype=np.int64),
             )

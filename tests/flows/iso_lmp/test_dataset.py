@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, timedelta
 
 import pyarrow.compute as pc
 import pytest
@@ -110,3 +110,65 @@ def test_publishes_to_s3(tmp_path, s3_bucket):
     table = dataset.read_dataset(out)
     assert table.num_rows == 3 * 25
     assert [m["rows"] for m in dataset.manifests(out)] == [3 * 25]
+
+
+def test_checksum_does_not_depend_on_how_rows_are_chunked():
+    import pyarrow as pa
+
+    table = samples.truth("PJM", DA, samples.ORDINARY, 5)
+    whole = dataset.Checksum(table.schema)
+    whole.update(table)
+    pieces = dataset.Checksum(table.schema)
+    pieces.update(table.slice(0, 7))  # one update per piece, as publication does per row group
+    pieces.update(pa.Table.from_batches(table.slice(7).to_batches(max_chunksize=11)))
+    assert pieces.hexdigest() == whole.hexdigest()
+
+
+def _published_the_usual_way(raw_files, tmp_path):
+    """The dataset that staging alone, then publication from the staged parts, builds."""
+    staging, out = tmp_path / "usual-staging", tmp_path / "usual-out"
+    months = set()
+    for path in raw_files:
+        months |= set(dataset.convert_file("SPP", DA.value, str(path), str(staging), 16)["months"])
+    for month in sorted(months):
+        dataset.publish_partition("SPP", DA.value, month, str(staging), str(out), 16)
+    return dataset.read_dataset(str(out)), dataset.manifests(str(out))
+
+
+def test_one_pass_publication_equals_publishing_the_staged_parts(tmp_path, caplog):
+    days = [date(2024, 1, 30), date(2024, 1, 31), date(2024, 2, 1)]  # two UTC months
+    raw_files = [samples.write_day("SPP", DA, day, tmp_path / "raw", 3) for day in days]
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    with caplog.at_level("INFO", logger="flows.iso_lmp.dataset"):
+        result = dataset.convert_files(
+            "SPP", [str(p) for p in raw_files], str(staging), 16, str(out)
+        )
+    assert "written in one pass" in caplog.text
+    expected, manifests = _published_the_usual_way(raw_files, tmp_path)
+    assert dataset.read_dataset(str(out)).equals(expected)
+    assert [(p["rows"], p["checksum"]) for p in result["partitions"]] == [
+        (m["rows"], m["checksum"]) for m in manifests
+    ]
+    assert [p.name for p in staging.iterdir()] == ["SPP"]  # the one-pass files are gone
+
+
+def test_a_file_failing_after_its_rows_went_by_is_left_out_of_one_pass(tmp_path):
+    good = samples.write_day("SPP", DA, samples.ORDINARY, tmp_path / "good", 3)
+    bad = samples.write_day("SPP", DA, samples.ORDINARY + timedelta(days=1), tmp_path / "bad", 3)
+    rewrite(bad, lambda ls: ls + [ls[5]])  # a duplicate: found after every row was staged
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    result = dataset.convert_files("SPP", [str(good), str(bad)], str(staging), 16, str(out))
+    assert "duplicate interval" in result["files"][1]["error"]
+    expected, _ = _published_the_usual_way([good], tmp_path)
+    assert dataset.read_dataset(str(out)).equals(expected)
+
+
+def test_one_pass_leftovers_of_a_killed_call_are_removed(tmp_path):
+    from flows.iso_lmp.onepass import PREFIX, OnePass
+
+    orphan = tmp_path / f"{PREFIX}999999999-dead"  # no such process
+    orphan.mkdir()
+    mine = tmp_path / f"{PREFIX}{os.getpid()}-alive"
+    mine.mkdir()
+    OnePass(tmp_path, 16).close()
+    assert not orphan.exists() and mine.exists()
