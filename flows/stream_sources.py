@@ -53,6 +53,7 @@ FIELDS = (
 KEY_FIELDS = ("merchant_category", "channel")
 DEFAULT_STREAM = "fraud:transactions"
 DEFAULT_GROUP = "stream-stats"
+READ_CHUNK = 32_768  # entries per XREADGROUP: a micro-batch takes several, pipelined
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +71,8 @@ class EventBatch:
     amount: np.ndarray
     is_fraud: np.ndarray
     keys: dict[str, tuple[np.ndarray, list[str]]]
-    ack: bytes | None = None  # the source's acknowledgement (Redis: one XACK command)
+    ack: bytes | None = None  # the source's acknowledgement (Redis: XACK commands)
+    ack_replies: int = 1  # commands in ``ack``, each answered once
     rejects: list[tuple[str, str]] = field(default_factory=list)
     last: tuple[int, int] | None = None
     transaction_id: np.ndarray | None = None
@@ -117,6 +119,37 @@ class EventBatch:
         return combo, decode
 
 
+def concat_batches(batches: list[EventBatch]) -> EventBatch:
+    """One batch of several read back to back; key codes renumbered into the union of labels."""
+    if len(batches) == 1:
+        return batches[0]
+    keys = {}
+    for name in batches[0].keys:
+        labels = sorted({label for b in batches for label in b.keys[name][1]})
+        number = {label: i for i, label in enumerate(labels)}
+        codes = [
+            np.array([number[x] for x in b.keys[name][1]], dtype=np.int64)[b.keys[name][0]]
+            for b in batches
+        ]
+        keys[name] = (np.concatenate(codes), labels)
+    lasts = [last for b in batches if (last := b.last_id()) is not None]
+    transaction_ids = [b.transaction_id for b in batches]
+    return EventBatch(
+        *(np.concatenate([getattr(b, f) for b in batches]) for f in _EVENT_COLUMNS),
+        keys,
+        ack=b"".join(b.ack or b"" for b in batches),
+        ack_replies=sum(b.ack_replies for b in batches if b.ack),
+        rejects=[r for b in batches for r in b.rejects],
+        last=max(lasts, default=None),
+        transaction_id=None
+        if any(t is None for t in transaction_ids)
+        else np.concatenate(transaction_ids),
+    )
+
+
+_EVENT_COLUMNS = ("id_hi", "id_lo", "ts", "customer_id", "amount", "is_fraud")
+
+
 def batch_from_columns(
     id_hi: np.ndarray, id_lo: np.ndarray, columns: dict[str, Any], **extra: Any
 ) -> EventBatch:
@@ -128,19 +161,36 @@ def batch_from_columns(
         np.asarray(id_hi, dtype=np.int64),
         np.asarray(id_lo, dtype=np.int64),
         _as_ms(columns["ts"]),
-        np.asarray(columns["customer_id"], dtype=np.int64),
-        np.asarray(columns["amount"], dtype=np.float64),
-        np.asarray(columns["is_fraud"], dtype=bool),
+        _numbers(columns["customer_id"], np.int64),
+        _numbers(columns["amount"], np.float64),
+        _numbers(columns["is_fraud"], bool),
         keys,
-        transaction_id=np.asarray(columns["transaction_id"], dtype=np.int64),
+        transaction_id=_numbers(columns["transaction_id"], np.int64),
         **extra,
     )
+
+
+def _numbers(column: Any, dtype: Any) -> np.ndarray:
+    """A numpy column; Arrow ones are viewed in place (see flows.stream_arrow for why)."""
+    if isinstance(column, np.ndarray | list | tuple):
+        return np.asarray(column, dtype=dtype)
+    from flows.stream_arrow import view
+
+    values = view(column)
+    if values is None:  # nulls or an unusual type: pyarrow's own conversion
+        return np.asarray(column, dtype=dtype)
+    return np.asarray(values, dtype=dtype)
 
 
 def _as_ms(column: Any) -> np.ndarray:
     import pyarrow as pa
 
     if isinstance(column, pa.ChunkedArray | pa.Array):
+        from flows.stream_arrow import view
+
+        values = view(column)
+        if values is not None and not pa.types.is_boolean(column.type):
+            return values if pa.types.is_timestamp(column.type) else values.astype(np.int64)
         if pa.types.is_timestamp(column.type):
             column = column.cast(pa.timestamp("ms", tz=column.type.tz)).cast(pa.int64())
         return column.to_numpy()
@@ -150,7 +200,6 @@ def _as_ms(column: Any) -> np.ndarray:
 def _encode(column: Any) -> tuple[np.ndarray, list[str]]:
     """(codes, labels) of a string or dictionary column."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if isinstance(column, tuple):  # already (codes, labels)
         return column
@@ -166,13 +215,21 @@ def _encode(column: Any) -> tuple[np.ndarray, list[str]]:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if not pa.types.is_dictionary(column.type):
+        import pyarrow.compute as pc
+
         column = pc.dictionary_encode(column)
     if column.null_count:
         raise BadInput(f"a key column has {column.null_count} null values")
-    return (
-        column.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-        column.dictionary.cast(pa.string()).to_pylist(),
-    )
+    from flows.stream_arrow import labels, view
+
+    codes = view(column.indices)
+    dictionary = column.dictionary
+    if codes is None or not pa.types.is_string(dictionary.type) or dictionary.null_count:
+        return (
+            column.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            dictionary.cast(pa.string()).to_pylist(),
+        )
+    return codes.astype(np.int64), labels(dictionary)
 
 
 class Source(Protocol):
@@ -582,23 +639,31 @@ class RespConnection:
         """The ``count`` entries of a stream reply whose header was read, as columns.
 
         Fast path: entries in the canonical field order whose values hold no line break are
-        exactly ``_LINES_PER_ENTRY`` lines each, so one split and a few slices give the
-        columns. Anything else (other order, extra fields, deleted entries) goes through
-        the generic parser, entry by entry.
+        exactly ``_LINES_PER_ENTRY`` lines each, so numpy reads the columns straight from the
+        reply (:func:`parse_canonical`). Anything else (other order, extra fields, deleted
+        entries) goes through the generic parser, entry by entry.
         """
         need = count * _LINES_PER_ENTRY
         seen, scanned = 0, self.pos
+        patience = 0.1
         while True:
             seen += self.buf.count(b"\r\n", scanned)
             scanned = max(scanned, len(self.buf) - 1)  # a CRLF may straddle two reads
             if seen >= need:
                 break
             seen -= self.buf.count(b"\r\n", scanned)
-            if not self._wait(0.1):  # a short reply: not canonical, parse it generically
+            if self._wait(patience):
+                self._fill_keeping()
+                continue
+            # Silence: the reply is shorter than canonical entries make it, or Redis is busy
+            # (a large XACK, a loaded machine). Only a canonical start is worth waiting on,
+            # and not for ever: the generic parser reads any reply, only slower.
+            whole = seen // _LINES_PER_ENTRY
+            if patience > _PATIENCE_S or whole == 0 or not self._canonical_start(whole):
                 return self._generic_entries(count)
-            self._fill_keeping()
+            patience *= 2
         # Nothing follows the reply in the buffer: one command is outstanding at a time.
-        data = bytes(self.buf[self.pos :])
+        data = bytes(memoryview(self.buf)[self.pos :])  # one copy, not two
         parsed = parse_canonical(data, count)
         if parsed is not None:
             self.pos = len(self.buf)
@@ -611,6 +676,10 @@ class RespConnection:
         return Entries(
             list(columns[0]), {name: list(columns[1 + j]) for j, name in enumerate(FIELDS)}, []
         )
+
+    def _canonical_start(self, entries: int) -> bool:
+        """Whether the first ``entries`` entries of the reply, all received, are canonical."""
+        return parse_canonical(bytes(memoryview(self.buf)[self.pos :]), entries) is not None
 
     def _fill_keeping(self) -> None:
         """Read more without compacting the buffer (positions into it stay valid)."""
@@ -632,30 +701,69 @@ class RespConnection:
 
 
 _LINES_PER_ENTRY = 4 + 4 * len(FIELDS)
+_PATIENCE_S = 1.0  # a canonical reply's silences are waited out to 3 s in all (0.1 s doubling)
 _NAMES = [name.encode() for name in FIELDS]
 
 
 def parse_canonical(data: bytes, count: int) -> ParsedEntries | None:
     """Columns of ``count`` canonical entries parsed with numpy, or None to parse otherwise.
 
-    Every line boundary is found at once; lines sit at fixed offsets in canonical entries, so
+    Line boundaries are found with numpy; lines sit at fixed offsets in canonical entries, so
     numbers are read digit-column by digit-column. None if any entry deviates (other field
     order, a value that is not a plain decimal): the caller falls back to slower parsers.
     """
+    if count <= 0:
+        return None
     step = _LINES_PER_ENTRY
-    need = count * step
     raw = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(raw == 13)
-    if len(ends) < need or len(data) < int(ends[need - 1]) + 2:
-        return None
-    ends = ends[:need]
-    if (raw[ends + 1] != 10).any():
-        return None
-    starts = np.empty(need, dtype=np.int64)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 2
-    starts, ends = starts.reshape(count, step), ends.reshape(count, step)
-    lengths = ends - starts
+    # The parsers pass over each entry's bytes a few dozen times; a slice of the reply at a
+    # time keeps those passes (and the line arrays) in the CPU cache.
+    parts = []
+    offset, done, window = 0, 0, _PARSE_WINDOW
+    while done < count:
+        crs = np.flatnonzero(raw[offset : offset + window] == 13)
+        entries = min(len(crs) // step, count - done, _PARSE_SLICE)
+        if entries == 0:
+            if offset + window >= len(raw):
+                return None  # the reply ends before its last entry does
+            window *= 2
+            continue
+        need = entries * step
+        ends = crs[:need] + offset
+        if (raw.take(ends + 1, mode="clip") != 10).any():  # every CR starts a CRLF
+            return None
+        starts = np.empty(need, dtype=np.int64)
+        starts[0] = offset
+        starts[1:] = ends[:-1] + 2
+        starts, ends = starts.reshape(entries, step), ends.reshape(entries, step)
+        parsed = _parse_slice(raw, data, starts, ends, ends - starts)
+        if parsed is None:
+            return None
+        parts.append(parsed)
+        used = int(ends[-1, -1]) + 2 - offset
+        offset, done = offset + used, done + entries
+        window = used + used // 8  # the next slice's entries are about as long
+    columns: dict[str, Any] = {}
+    for name in FIELDS:
+        pieces = [p[0][name] for p in parts]
+        columns[name] = _merge_labels(pieces) if name in KEY_FIELDS else np.concatenate(pieces)
+    return ParsedEntries(
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+        columns,
+        b"".join(p[3] for p in parts),
+        count,
+    )
+
+
+_PARSE_SLICE = 8_192  # entries (about 2 MB of reply)
+_PARSE_WINDOW = 1 << 20  # bytes first searched for the line ends of a slice
+
+
+def _parse_slice(
+    raw: np.ndarray, data: bytes, starts: np.ndarray, ends: np.ndarray, lengths: np.ndarray
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, bytes] | None:
+    """The columns, stream IDs and XACK arguments of some canonical entries, or None."""
 
     def text(line: int, expected: bytes) -> bool:
         s, n = starts[:, line], lengths[:, line]
@@ -690,83 +798,141 @@ def parse_canonical(data: bytes, count: int) -> ParsedEntries | None:
             columns[name] = _integers(raw, s, n)
         if columns[name] is None:
             return None
-    s, n = starts[:, 2], lengths[:, 2]
-    dash = _find(raw, s, n, ord("-"))
-    if dash is None:
-        return None
-    id_hi = _integers(raw, s, dash - s)
-    id_lo = _integers(raw, dash + 1, s + n - dash - 1)
-    if id_hi is None or id_lo is None:
+    ids = _stream_ids(raw, starts[:, 2], lengths[:, 2])
+    if ids is None:
         return None
     # XACK arguments: the "$len" and id lines of every entry, copied as they came.
-    ack_args = b"".join(
-        [data[a:b] for a, b in zip(starts[:, 1].tolist(), (ends[:, 2] + 2).tolist(), strict=True)]
-    )
-    return ParsedEntries(id_hi, id_lo, columns, ack_args, count)
+    return columns, ids[0], ids[1], _segments(raw, starts[:, 1], ends[:, 2] + 2)
 
 
-def _digits(raw: np.ndarray, s: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    width = max(1, int(n.max()) if len(n) else 1)
-    index = np.minimum(s[:, None] + np.arange(width), len(raw) - 1)
-    inside = np.arange(width) < n[:, None]
-    return np.where(inside, raw[index], 48).astype(np.int64) - 48, inside
+def _merge_labels(pieces: list[tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, list[str]]:
+    """One (codes, sorted labels) from several, codes renumbered into the union."""
+    if len(pieces) == 1:
+        return pieces[0]
+    labels = sorted({label for _, names in pieces for label in names})
+    number = {label: i for i, label in enumerate(labels)}
+    codes = [np.array([number[x] for x in names], dtype=np.int64)[c] for c, names in pieces]
+    return np.concatenate(codes), labels
+
+
+# The value parsers below apply Horner's rule one character column at a time: every step is a
+# vector as long as the slice, so no (entries x width) digit matrix is ever built. Bytes past
+# a value's end are masked out; a byte below '0' wraps around in uint8 and fails "<= 9".
+
+
+def _column(raw: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
+    return raw.take(s + k, mode="clip")
 
 
 def _integers(raw: np.ndarray, s: np.ndarray, n: np.ndarray) -> np.ndarray | None:
     """Non-negative decimal integers (at most 18 digits), or None."""
+    if len(n) == 0:
+        return np.zeros(0, dtype=np.int64)
     if (n < 1).any() or (n > 18).any():
         return None
-    digits, inside = _digits(raw, s, n)
-    if ((digits < 0) | (digits > 9)).any():
-        return None
-    exponent = np.where(inside, n[:, None] - 1 - np.arange(digits.shape[1]), 0)
-    return (np.where(inside, digits, 0) * 10**exponent).sum(axis=1)
+    value = np.zeros(len(s), dtype=np.int64)
+    shortest = int(n.min())
+    for k in range(int(n.max())):
+        digit = _column(raw, s, k) - np.uint8(48)
+        if k < shortest:
+            if (digit > 9).any():
+                return None
+            value = value * 10 + digit
+            continue
+        inside = k < n
+        if (inside & (digit > 9)).any():
+            return None
+        value = np.where(inside, value * 10 + digit, value)
+    return value
 
 
 def _decimals(raw: np.ndarray, s: np.ndarray, n: np.ndarray) -> np.ndarray | None:
     """Plain decimals like 12.34 (at most 15 significant digits, so exactly rounded)."""
+    if len(n) == 0:
+        return np.zeros(0, dtype=np.float64)
     if (n < 1).any() or (n > 17).any():
         return None
-    digits, inside = _digits(raw, s, n)
-    dot = digits == (ord(".") - 48)
-    dots = dot.sum(axis=1)
-    if (dots > 1).any() or (((digits < 0) | (digits > 9)) & ~dot & inside).any():
+    mantissa = np.zeros(len(s), dtype=np.int64)
+    fraction = np.zeros(len(s), dtype=np.int64)
+    dots = np.zeros(len(s), dtype=np.int64)
+    for k in range(int(n.max())):
+        byte = _column(raw, s, k)
+        inside = k < n
+        digit = byte - np.uint8(48)
+        is_digit = inside & (digit <= 9)
+        dot = inside & (byte == ord("."))
+        if (inside & ~is_digit & ~dot).any():
+            return None
+        mantissa = np.where(is_digit, mantissa * 10 + digit, mantissa)
+        fraction += is_digit & (dots > 0)
+        dots += dot
+    if (dots > 1).any() or (n - dots > 15).any():
         return None
-    width = digits.shape[1]
-    position = np.where(dots == 1, dot.argmax(axis=1), n)
-    # Place value: digits left of the dot count down from it, right of it continue below.
-    column = np.arange(width)
-    exponent = np.where(
-        column < position[:, None], position[:, None] - 1 - column, position[:, None] - column
-    )
-    use = inside & ~dot
-    fraction = np.where(dots == 1, n - position - 1, 0)
-    if (n - dots > 15).any():
-        return None
-    place = np.where(use, exponent + fraction[:, None], 0)
-    mantissa = (np.where(use, digits, 0) * 10**place).sum(axis=1)
     # An integer below 2**53 divided by an exact power of ten: correctly rounded, as float().
     return mantissa.astype(np.float64) / (10.0**fraction)
 
 
+def _stream_ids(raw: np.ndarray, s: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """(milliseconds, sequence) of stream IDs like 1704067201009-0, or None."""
+    hi = np.zeros(len(s), dtype=np.int64)
+    lo = np.zeros(len(s), dtype=np.int64)
+    hi_digits = np.zeros(len(s), dtype=np.int64)
+    lo_digits = np.zeros(len(s), dtype=np.int64)
+    dashes = np.zeros(len(s), dtype=np.int64)
+    for k in range(int(n.max()) if len(n) else 0):
+        byte = _column(raw, s, k)
+        inside = k < n
+        digit = byte - np.uint8(48)
+        is_digit = inside & (digit <= 9)
+        dash = inside & (byte == ord("-"))
+        if (inside & ~is_digit & ~dash).any():
+            return None
+        before, after = is_digit & (dashes == 0), is_digit & (dashes == 1)
+        hi = np.where(before, hi * 10 + digit, hi)
+        lo = np.where(after, lo * 10 + digit, lo)
+        hi_digits += before
+        lo_digits += after
+        dashes += dash
+    if (
+        (dashes != 1) | (hi_digits < 1) | (hi_digits > 18) | (lo_digits < 1) | (lo_digits > 18)
+    ).any():
+        return None
+    return hi, lo
+
+
 def _labels(raw: np.ndarray, s: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+    """(codes, sorted labels) of short string values, told apart by length and 8-byte words."""
     width = int(n.max()) if len(n) else 1
     if width > 64 or (n < 1).any():
         return None
-    index = np.minimum(s[:, None] + np.arange(width), len(raw) - 1)
-    block = np.where(np.arange(width) < n[:, None], raw[index], 0).astype(np.uint8)
-    values = np.ascontiguousarray(block).view(f"S{width}").ravel()
-    labels, codes = np.unique(values, return_inverse=True)
-    return codes.astype(np.int64), [x.decode(errors="replace") for x in labels.tolist()]
+    padded = -(-width // 8) * 8
+    # One (entries x padded) byte block, zeroed past each value's end, read as uint64 words.
+    block = raw.take(s[:, None] + np.arange(padded), mode="clip")
+    block[np.arange(padded) >= n[:, None]] = 0
+    words = block.view(np.uint64)
+    _, codes = np.unique(n, return_inverse=True)
+    for column in range(words.shape[1]):
+        _, word_codes = np.unique(words[:, column], return_inverse=True)
+        _, codes = np.unique(codes * (int(word_codes.max()) + 1) + word_codes, return_inverse=True)
+    codes = codes.ravel()
+    first = np.unique(codes, return_index=True)[1]
+    labels = [
+        bytes(raw[a : a + b]).decode(errors="replace")
+        for a, b in zip(s[first].tolist(), n[first].tolist(), strict=True)
+    ]
+    # Codes in label order, as sorting the strings themselves would give.
+    rank = np.argsort(np.argsort(np.array(labels, dtype=object)))
+    return rank[codes].astype(np.int64), sorted(labels)
 
 
-def _find(raw: np.ndarray, s: np.ndarray, n: np.ndarray, byte: int) -> np.ndarray | None:
-    width = int(n.max()) if len(n) else 1
-    index = np.minimum(s[:, None] + np.arange(width), len(raw) - 1)
-    hit = (raw[index] == byte) & (np.arange(width) < n[:, None])
-    if (hit.sum(axis=1) != 1).any():
-        return None
-    return s + hit.argmax(axis=1)
+def _segments(raw: np.ndarray, start: np.ndarray, stop: np.ndarray) -> bytes:
+    """The bytes ``raw[start[i]:stop[i]]`` of every i, concatenated."""
+    sizes = stop - start
+    offsets = np.cumsum(sizes) - sizes
+    index_type = np.int32 if len(raw) < (1 << 31) else np.int64
+    positions = np.arange(int(sizes.sum()), dtype=index_type)
+    positions += np.repeat((start - offsets).astype(index_type), sizes)
+    return raw[positions].tobytes()
 
 
 @dataclass
@@ -849,7 +1015,8 @@ class RedisStreamSource:
         self.conn = RespConnection(self.url)  # control: group, claims, XACK, lag
         self.reader = RespConnection(self.url)  # XREADGROUP only, one request ahead
         self._claim_cursor: bytes | None = b"0-0"
-        self._ahead = False
+        self._ahead: int | None = None  # entries asked for by the XREADGROUP in flight
+        self._ack_unread = 0  # XACKs sent whose replies are still to be read
 
     def start(self, after: tuple[int, int]) -> None:
         try:
@@ -865,19 +1032,35 @@ class RedisStreamSource:
             batch = self._claim(max_events)
             if batch is not None:
                 return batch
-        if not self._ahead:
-            self._request(max_events, block_ms)
-        self._ahead = False
-        entries = self._receive()
-        if entries is None:
-            return None
-        # Ask for the next batch now so that Redis builds it while this one is aggregated;
-        # if the run ends first, those entries stay pending and the next run claims them.
-        self._request(max_events, block_ms)
-        self._ahead = True
-        return self._to_batch(entries)
+        # A micro-batch is read in chunks, each asked for before the one before it is parsed,
+        # so that Redis builds one reply while this process parses another. The request left
+        # outstanding at the end is the next batch's first: Redis builds it while this batch
+        # is aggregated; if the run ends first, its entries stay pending and the next run
+        # claims them.
+        if self._ahead is None:
+            self._request(min(max_events, READ_CHUNK), block_ms)
+        batches: list[EventBatch] = []
+        taken = 0
+        while self._ahead is not None:
+            asked = self._ahead
+            self._ahead = None
+            got, entries = self._receive()
+            if entries is None:
+                break
+            taken += got
+            more = got >= asked and taken < max_events  # a full reply: more may be waiting
+            if more:
+                self._request(min(READ_CHUNK, max_events - taken), None)
+            else:
+                self._request(min(max_events, READ_CHUNK), block_ms)
+            batches.append(self._to_batch(entries))
+            if not more:
+                break
+        return concat_batches(batches) if batches else None
 
-    def _request(self, count: int, block_ms: int) -> None:
+    def _request(self, count: int, block_ms: int | None) -> None:
+        """XREADGROUP for up to ``count`` new entries; without ``block_ms``, none is no wait."""
+        block = [] if block_ms is None else ["BLOCK", max(1, block_ms)]
         self.reader.send(
             _encode_command(
                 "XREADGROUP",
@@ -886,28 +1069,30 @@ class RedisStreamSource:
                 self.consumer,
                 "COUNT",
                 count,
-                "BLOCK",
-                max(1, block_ms),
+                *block,
                 "STREAMS",
                 self.stream,
                 ">",
             )
         )
+        self._ahead = count
 
-    def _receive(self) -> Entries | ParsedEntries | None:
+    def _receive(self) -> tuple[int, Entries | ParsedEntries | None]:
+        """(entries in the reply, the entries) of the XREADGROUP in flight."""
         header = self.reader._line()
         if header.startswith(b"-"):
             raise RespError(header[1:].decode(errors="replace"))
         if header in (b"*-1", b"*0"):
-            return None
+            return 0, None
         # *1, then *2 [stream name, *N entries]
         self.reader._line()
         self.reader.read_reply()
         count = int(self.reader._line()[1:])
-        return self.reader.read_entries(count)
+        return count, self.reader.read_entries(count)
 
     def _claim(self, max_events: int) -> EventBatch | None:
         """Take over every pending entry of the group: only one consumer runs per sink."""
+        self._settle_ack()
         reply = self.conn.command(
             "XAUTOCLAIM",
             self.stream,
@@ -982,11 +1167,21 @@ class RedisStreamSource:
         )
 
     def ack(self, batch: EventBatch) -> None:
+        # Pipelined: the next batch is parsed while Redis works through the IDs. The reply is
+        # read before the connection's next command; a crash before that leaves the entries
+        # pending, to be claimed and skipped as already committed.
         if batch.ack:
+            self._settle_ack()
             self.conn.send(batch.ack)
+            self._ack_unread = batch.ack_replies
+
+    def _settle_ack(self) -> None:
+        while self._ack_unread:
+            self._ack_unread -= 1
             self.conn.read_reply()
 
     def lag(self) -> dict[str, Any]:
+        self._settle_ack()
         length = self.conn.command("XLEN", self.stream)
         for info in self.conn.command("XINFO", "GROUPS", self.stream):
             fields = dict(zip(info[::2], info[1::2], strict=False))
@@ -999,6 +1194,10 @@ class RedisStreamSource:
         return {"stream_length": length}
 
     def close(self) -> None:
+        try:
+            self._settle_ack()
+        except (OSError, RespError) as exc:  # the entries stay pending: claimed next run
+            log.warning("stream %s: last XACK unconfirmed (%s)", self.stream, exc)
         self.conn.close()
         self.reader.close()
 

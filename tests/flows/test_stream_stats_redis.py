@@ -226,3 +226,126 @@ def test_malformed_and_reordered_entries(redis_url, stream, tmp_path):
         reasons = [r[0] for r in db.execute("SELECT reason FROM stream_rejects").fetchall()]
     assert any("amount" in r for r in reasons) and any("missing" in r for r in reasons)
     assert group_state(redis_url, stream) == {"pending": 0, "lag": 0}
+
+
+def _reply(entries: list[tuple[str, list[tuple[str, str]]]]) -> bytes:
+    """The entries part of an XREADGROUP reply, as Redis writes it."""
+
+    def bulk(text: str) -> bytes:
+        return b"$%d\r\n%s\r\n" % (len(text.encode()), text.encode())
+
+    parts = []
+    for entry_id, fields in entries:
+        parts.append(b"*2\r\n" + bulk(entry_id) + b"*%d\r\n" % (2 * len(fields)))
+        parts.extend(bulk(name) + bulk(value) for name, value in fields)
+    return b"".join(parts)
+
+
+def test_canonical_parser_reads_what_float_and_int_read():
+    """Thousands of entries (several parse slices, labels merged): the same as int()/float()."""
+    import numpy as np
+
+    from flows.stream_sources import parse_canonical
+
+    rng = np.random.default_rng(7)
+    count = 20_000
+    labels = ["travel", "grocery_pos", "misc_net", "kids_pets", "home"]
+    amounts = [
+        f"{x:.{d}f}"
+        for x, d in zip(rng.gamma(2, 40, count), rng.integers(0, 4, count), strict=True)
+    ]
+    entries = [
+        (
+            f"{1_704_067_200_000 + i // 3}-{i % 3}",
+            [
+                ("transaction_id", str(i * 7919)),
+                ("ts", str(1_704_067_200_000 + int(rng.integers(0, 10**9)))),
+                ("customer_id", str(int(rng.integers(0, 10 ** int(rng.integers(1, 12)))))),
+                # Later slices see labels the first one did not.
+                ("merchant_category", labels[int(rng.integers(0, 2 + i * 3 // count))]),
+                ("channel", ["pos", "online"][i % 2]),
+                ("amount", amounts[i]),
+                ("is_fraud", str(i % 2)),
+            ],
+        )
+        for i in range(count)
+    ]
+    parsed = parse_canonical(_reply(entries), count)
+    assert parsed is not None and parsed.count == count
+    for name in ("transaction_id", "ts", "customer_id", "is_fraud"):
+        expected = [int(dict(fields)[name]) for _, fields in entries]
+        assert parsed.columns[name].tolist() == expected, name
+    assert parsed.columns["amount"].tolist() == [float(a) for a in amounts]
+    for name in ("merchant_category", "channel"):
+        codes, names = parsed.columns[name]
+        assert names == sorted(names)
+        assert [names[c] for c in codes.tolist()] == [dict(f)[name] for _, f in entries]
+    assert [
+        f"{h}-{lo}" for h, lo in zip(parsed.id_hi.tolist(), parsed.id_lo.tolist(), strict=True)
+    ] == [entry_id for entry_id, _ in entries]
+    assert parsed.ack_args == b"".join(b"$%d\r\n%s\r\n" % (len(i), i.encode()) for i, _ in entries)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("amount", "12.5x"),
+        ("amount", "1.2.3"),
+        ("customer_id", "-4"),
+        ("ts", "12a"),
+        ("channel", ""),
+    ],
+)
+def test_canonical_parser_declines_what_it_cannot_read_exactly(field, value):
+    from flows.stream_sources import parse_canonical
+
+    fields = [
+        ("transaction_id", "1"),
+        ("ts", "1704067200000"),
+        ("customer_id", "7"),
+        ("merchant_category", "travel"),
+        ("channel", "online"),
+        ("amount", "12.5"),
+        ("is_fraud", "0"),
+    ]
+    odd = [(k, value if k == field else v) for k, v in fields]
+    reply = _reply([("1-0", fields), ("1-1", odd)])
+    assert parse_canonical(_reply([("1-0", fields)]), 1) is not None
+    assert parse_canonical(reply, 2) is None
+
+
+def test_a_slow_canonical_reply_still_takes_the_fast_path():
+    """Redis pausing mid-reply (a large XACK, a loaded machine) is waited out, not misread."""
+    import socket
+    import threading
+
+    from flows.stream_sources import ParsedEntries
+
+    fields = [
+        ("transaction_id", "1"),
+        ("ts", "1704067200000"),
+        ("customer_id", "7"),
+        ("merchant_category", "travel"),
+        ("channel", "online"),
+        ("amount", "12.5"),
+        ("is_fraud", "0"),
+    ]
+    reply = _reply([(f"1-{i}", fields) for i in range(3)])
+    ours, server = socket.socketpair()
+    conn = RespConnection.__new__(RespConnection)
+    conn.sock, conn.buf, conn.pos = ours, bytearray(), 0
+
+    def serve() -> None:
+        server.sendall(reply[: len(reply) // 2])
+        time.sleep(0.5)  # longer than the first patience of 0.1 s
+        server.sendall(reply[len(reply) // 2 :])
+
+    writer = threading.Thread(target=serve)
+    writer.start()
+    try:
+        entries = conn.read_entries(3)
+    finally:
+        writer.join()
+        ours.close()
+        server.close()
+    assert isinstance(entries, ParsedEntries) and entries.id_lo.tolist() == [0, 1, 2]
