@@ -81,12 +81,12 @@ def run_xcom(dataset: str) -> dict[str, Any]:
         import pandas as pd
         import pyarrow.parquet as pq
 
-        from flows import ml_core as core
+        from flows import ml_dataset
 
-        manifest = core.read_manifest(dataset)
+        manifest = ml_dataset.read_manifest(dataset)
         frames = [
             pq.read_table(Path(dataset, f["path"])).to_pandas()
-            for f in core.ordered_files(manifest)
+            for f in ml_dataset.ordered_files(manifest)
         ]
         frame = pd.concat(frames, ignore_index=True)
         frame["t"] = frame["ts"].dt.as_unit("ms").astype("int64")

@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from flows import ml_core as core
+from flows import ml_core, ml_dataset, ml_features, ml_model, ml_registry
 from headroom import Chunking
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
 
@@ -35,7 +35,7 @@ def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """The cache key of a step: its name, the pipeline version and its inputs, where the data is
     known by its fingerprint, not its location, and ``chunk_scale`` (how, not what) is left out."""
     inputs = {k: v for k, v in parameters.items() if k not in NOT_IN_KEY}
-    document = [context.task.name, core.PIPELINE_VERSION, inputs]
+    document = [context.task.name, ml_core.PIPELINE_VERSION, inputs]
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -49,7 +49,7 @@ def _features_done(path: str) -> bool:
 def _registered(out: str, version: str) -> bool:
     from headroom.storage import open_storage
 
-    return open_storage(out).exists(f"{core.MODEL_NAME}/{version}/registration.json")
+    return open_storage(out).exists(f"{ml_core.MODEL_NAME}/{version}/registration.json")
 
 
 def _dataset_bytes(kwargs: dict[str, Any]) -> int | None:
@@ -62,17 +62,17 @@ def _dataset_bytes(kwargs: dict[str, Any]) -> int | None:
 @task(name="check-fraud-dataset", cache_policy=NO_CACHE, persist_result=False)
 def check_dataset(dataset: str, min_fraud_rows: int) -> dict[str, Any]:
     """Health check: the dataset is present, has the expected schema and enough fraud rows."""
-    return core.check_dataset(dataset, min_fraud_rows)
+    return ml_dataset.check_dataset(dataset, min_fraud_rows)
 
 
 @task(name="stage-fraud-dataset", cache_policy=STEP_CACHE, **CACHED_RESULTS)
 def stage_dataset(dataset: str, fingerprint: str, cache_root: str) -> str:
     """A local copy of a remote dataset (DuckDB here reads local files only)."""
-    return core.stage_dataset(dataset, fingerprint, cache_root)
+    return ml_dataset.stage_dataset(dataset, fingerprint, cache_root)
 
 
 build_features = budgeted_task(
-    core.build_features_task,
+    ml_features.build_features_task,
     tag="ml-features",
     # Transactions per batch of whole files (each batch also reads 7 days of look-back).
     chunk=Chunking("rows_per_batch", default=4_000_000, floor=50_000, bytes_per_row=400.0),
@@ -81,7 +81,7 @@ build_features = budgeted_task(
 ).with_options(cache_policy=STEP_CACHE, **CACHED_RESULTS)
 
 train_model = budgeted_task(
-    core.train_model_task,
+    ml_model.train_model_task,
     tag="ml-train",
     # Rows sampled for the fit: the matrix, its binned copy and the booster's gradients.
     chunk=Chunking("rows_sampled", default=2_000_000, floor=20_000, bytes_per_row=800.0),
@@ -89,7 +89,7 @@ train_model = budgeted_task(
 ).with_options(cache_policy=STEP_CACHE, **CACHED_RESULTS)
 
 evaluate_model = budgeted_task(
-    core.evaluate_model_task,
+    ml_model.evaluate_model_task,
     tag="ml-train",
     chunk=Chunking("rows_per_batch", default=250_000, floor=10_000, bytes_per_row=1_500.0),
     name="evaluate-fraud-model",
@@ -109,7 +109,9 @@ def register_model(
 ) -> dict[str, Any]:
     """Publish the model version into the registry; returns its version, location and card."""
     metrics = json.loads(Path(metrics_path).read_text())
-    return core.register_model(out, version, model_path, metrics, training, health, params, split)
+    return ml_registry.register_model(
+        out, version, model_path, metrics, training, health, params, split
+    )
 
 
 def _run(step: Any, states: dict[str, str], output_done: bool = True, **kwargs: Any) -> Any:
@@ -144,7 +146,7 @@ def train_fraud_model(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Check a fraud_synth dataset, build features, train, evaluate and register a model."""
-    params = core.TrainParams(
+    params = ml_core.TrainParams(
         dataset=dataset,
         out=out,
         train_end=train_end,
@@ -176,10 +178,10 @@ def train_fraud_model(
         f"{health['fraud_rows']:,}",
         fingerprint[:16],
     )
-    train_end_ms, test_start_ms = core.resolve_split(
+    train_end_ms, test_start_ms = ml_core.resolve_split(
         params, health["min_ts_ms"], health["max_ts_ms"]
     )
-    split = {"train_end": core.iso(train_end_ms), "test_start": core.iso(test_start_ms)}
+    split = {"train_end": ml_core.iso(train_end_ms), "test_start": ml_core.iso(test_start_ms)}
     dataset_dir = params.dataset
     if "://" in params.dataset and not params.dataset.startswith("file://"):
         staged = work / f"dataset-{fingerprint[:16]}"
@@ -195,7 +197,7 @@ def train_fraud_model(
         dataset_dir = str(Path(params.dataset.removeprefix("file://")).resolve())
 
     model_params = params.model_params()
-    version = core.model_version(fingerprint, model_params, split, params.seed)
+    version = ml_registry.model_version(fingerprint, model_params, split, params.seed)
     features_dir = str(work / f"features-{fingerprint[:16]}")
     model_path = str(work / f"model-{version}.pkl")
     metrics_path = str(work / f"metrics-{version}-{params.alert_rate:g}.json")

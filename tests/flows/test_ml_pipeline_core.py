@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from flows import ml_core as core
+from flows import ml_core, ml_dataset, ml_features, ml_model, ml_registry
 from flows.fraud_synth_gen import generate_dataset_local
 from headroom import BadInput
 
@@ -42,30 +42,30 @@ def dataset(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def health(dataset) -> dict:
-    return core.check_dataset(dataset, min_fraud_rows=50)
+    return ml_dataset.check_dataset(dataset, min_fraud_rows=50)
 
 
 @pytest.fixture(scope="module")
 def features(dataset, tmp_path_factory) -> dict:
     # A batch smaller than a file: every file is its own batch, with look-back across files.
     out = tmp_path_factory.mktemp("features") / "features"
-    return core.build_features(dataset, str(out), rows_per_batch=1, cap_mb=CAP_MB)
+    return ml_features.build_features(dataset, str(out), rows_per_batch=1, cap_mb=CAP_MB)
 
 
 @pytest.fixture(scope="module")
 def split(health) -> tuple[int, int]:
-    return core.resolve_split(
-        core.TrainParams(dataset="x"), health["min_ts_ms"], health["max_ts_ms"]
+    return ml_core.resolve_split(
+        ml_core.TrainParams(dataset="x"), health["min_ts_ms"], health["max_ts_ms"]
     )
 
 
 @pytest.fixture(scope="module")
 def trained(features, split, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("model")
-    training = core.train_model(
+    training = ml_model.train_model(
         features["features_dir"], str(work / "model.pkl"), split[0], MODEL, 3, 1_000_000, CAP_MB
     )
-    metrics = core.evaluate_model(
+    metrics = ml_model.evaluate_model(
         features["features_dir"],
         training["model_path"],
         split[1],
@@ -78,8 +78,8 @@ def trained(features, split, tmp_path_factory) -> dict:
 
 
 def _transactions(dataset: str) -> pd.DataFrame:
-    manifest = core.read_manifest(dataset)
-    tables = [pq.read_table(Path(dataset, f["path"])) for f in core.ordered_files(manifest)]
+    manifest = ml_dataset.read_manifest(dataset)
+    tables = [pq.read_table(Path(dataset, f["path"])) for f in ml_dataset.ordered_files(manifest)]
     frame = pa.concat_tables(tables).to_pandas()
     frame["fraud_scenario"] = frame["fraud_scenario"].astype(str)
     frame["t"] = frame["ts"].dt.as_unit("ms").astype("int64")
@@ -98,16 +98,16 @@ def test_health_report_matches_the_generated_data(dataset, health):
 def test_fingerprint_follows_content_not_location(dataset, health, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(dataset, copy)
-    assert core.check_dataset(str(copy))["fingerprint"] == health["fingerprint"]
+    assert ml_dataset.check_dataset(str(copy))["fingerprint"] == health["fingerprint"]
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["files"][2]["checksum"] = "sha256:" + "0" * 64
-    assert core.dataset_fingerprint(manifest) != health["fingerprint"]
+    assert ml_dataset.dataset_fingerprint(manifest) != health["fingerprint"]
 
 
 def test_health_check_names_a_missing_file_a_missing_column_and_scarce_fraud(dataset, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
-    files = core.ordered_files(core.read_manifest(str(broken)))
+    files = ml_dataset.ordered_files(ml_dataset.read_manifest(str(broken)))
     (broken / files[0]["path"]).unlink()
     # Another file loses a column; its manifest entry is updated so only the schema is wrong.
     table = pq.read_table(broken / files[2]["path"]).drop_columns(["device_id"])
@@ -118,7 +118,7 @@ def test_health_check_names_a_missing_file_a_missing_column_and_scarce_fraud(dat
             entry["bytes"] = (broken / files[2]["path"]).stat().st_size
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BadInput) as failure:
-        core.check_dataset(str(broken), min_fraud_rows=10**6)
+        ml_dataset.check_dataset(str(broken), min_fraud_rows=10**6)
     message = str(failure.value)
     assert f"{files[0]['path']}: listed in manifest.json but missing" in message
     assert f"{files[2]['path']}: column 'device_id' is missing" in message
@@ -127,9 +127,9 @@ def test_health_check_names_a_missing_file_a_missing_column_and_scarce_fraud(dat
 
     (broken / "manifest.json").unlink()
     with pytest.raises(BadInput, match="manifest.json is missing"):
-        core.check_dataset(str(broken))
+        ml_dataset.check_dataset(str(broken))
     with pytest.raises(BadInput, match="is not a directory"):
-        core.check_dataset(str(tmp_path / "nowhere"))
+        ml_dataset.check_dataset(str(tmp_path / "nowhere"))
 
 
 @pytest.mark.parametrize("path", ["../outside.parquet", "/etc/passwd", "a/../../b.parquet"])
@@ -141,7 +141,7 @@ def test_a_manifest_path_that_leaves_the_dataset_is_refused(dataset, tmp_path, p
     manifest["files"][1]["path"] = path
     (forged / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BadInput, match="is not a path inside"):
-        core.check_dataset(str(forged))
+        ml_dataset.check_dataset(str(forged))
 
 
 def test_features_match_a_pandas_computation_and_do_not_depend_on_batching(
@@ -150,11 +150,11 @@ def test_features_match_a_pandas_computation_and_do_not_depend_on_batching(
     assert features["rows"] == 30_000 and features["parts"] == 4
     ours = pd.read_parquet(features["features_dir"]).sort_values("transaction_id")
     ours = ours.set_index("transaction_id")
-    whole = core.build_features(dataset, str(tmp_path / "one"), 10**9, CAP_MB)
+    whole = ml_features.build_features(dataset, str(tmp_path / "one"), 10**9, CAP_MB)
     assert whole["parts"] == 1
     one = pd.read_parquet(whole["features_dir"]).sort_values("transaction_id")
     pd.testing.assert_frame_equal(
-        ours[list(core.FEATURES)], one.set_index("transaction_id")[list(core.FEATURES)]
+        ours[list(ml_core.FEATURES)], one.set_index("transaction_id")[list(ml_core.FEATURES)]
     )
 
     frame = _transactions(dataset).sort_values(["ts", "transaction_id"])
@@ -165,16 +165,17 @@ def test_features_match_a_pandas_computation_and_do_not_depend_on_batching(
         "cust_tx_24h": by_customer["t"].transform(
             lambda t: pd.Series(
                 np.searchsorted(t.values, t.values, side="right")
-                - np.searchsorted(t.values, t.values - core.DAY_MS, side="left"),
+                - np.searchsorted(t.values, t.values - ml_core.DAY_MS, side="left"),
                 index=t.index,
             )
         ),
-        "secs_since_cust_prev": gap.fillna(core.LOOKBACK_MS).clip(upper=core.LOOKBACK_MS) / 1000,
+        "secs_since_cust_prev": gap.fillna(ml_core.LOOKBACK_MS).clip(upper=ml_core.LOOKBACK_MS)
+        / 1000,
         "new_device": (
             (frame.groupby(["customer_id", "device_id"])["t"].transform("min") == frame["t"])
             & (by_customer["t"].transform("min") < frame["t"])
         ).astype(int),
-        "is_night": ((frame["t"] // core.HOUR_MS) % 24 < 6).astype(int),
+        "is_night": ((frame["t"] // ml_core.HOUR_MS) % 24 < 6).astype(int),
     }
     for name, values in expected.items():
         np.testing.assert_allclose(
@@ -201,7 +202,7 @@ def test_model_beats_a_trivial_baseline_on_every_scenario(dataset, trained, spli
 
 
 def test_the_same_seed_gives_the_same_metrics(features, trained, split, tmp_path):
-    again = core.train_model(
+    again = ml_model.train_model(
         features["features_dir"],
         str(tmp_path / "model.pkl"),
         split[0],
@@ -210,7 +211,7 @@ def test_the_same_seed_gives_the_same_metrics(features, trained, split, tmp_path
         1_000_000,
         CAP_MB,
     )
-    metrics = core.evaluate_model(
+    metrics = ml_model.evaluate_model(
         features["features_dir"],
         again["model_path"],
         split[1],
@@ -229,7 +230,7 @@ def test_the_same_seed_gives_the_same_metrics(features, trained, split, tmp_path
 
 
 def test_a_sample_smaller_than_the_data_keeps_every_fraud_row(features, split, tmp_path):
-    training = core.train_model(
+    training = ml_model.train_model(
         features["features_dir"],
         str(tmp_path / "model.pkl"),
         split[0],
@@ -245,9 +246,9 @@ def test_a_sample_smaller_than_the_data_keeps_every_fraud_row(features, split, t
 
 def test_register_publishes_a_complete_version(trained, health, split, tmp_path):
     out = tmp_path / "registry"
-    splits = {"train_end": core.iso(split[0]), "test_start": core.iso(split[1])}
-    version = core.model_version(health["fingerprint"], MODEL, splits, 3)
-    result = core.register_model(
+    splits = {"train_end": ml_core.iso(split[0]), "test_start": ml_core.iso(split[1])}
+    version = ml_registry.model_version(health["fingerprint"], MODEL, splits, 3)
+    result = ml_registry.register_model(
         str(out),
         version,
         trained["training"]["model_path"],
@@ -261,7 +262,7 @@ def test_register_publishes_a_complete_version(trained, health, split, tmp_path)
     registration = json.loads((folder / "registration.json").read_text())
     for name in registration["files"]:
         assert (folder / name).is_file(), name
-    assert json.loads((folder / "features.json").read_text())["features"] == list(core.FEATURES)
+    assert json.loads((folder / "features.json").read_text())["features"] == list(ml_core.FEATURES)
     assert json.loads((out / "fraud-model" / "latest.json").read_text())["version"] == version
     assert (
         "card_testing" in result["card"] or "card_testing" not in trained["metrics"]["per_scenario"]
@@ -271,17 +272,20 @@ def test_register_publishes_a_complete_version(trained, health, split, tmp_path)
 
 def test_parameters_fail_before_any_work(health):
     with pytest.raises(ValidationError, match="test_start"):
-        core.TrainParams(dataset="d", train_end="2024-02-01", test_start="2024-01-15")
+        ml_core.TrainParams(dataset="d", train_end="2024-02-01", test_start="2024-01-15")
     with pytest.raises(ValidationError, match="train_fraction"):
-        core.TrainParams(dataset="d", train_fraction=1.5)
-    params = core.TrainParams(dataset="d", train_end="1999-01-01")
+        ml_core.TrainParams(dataset="d", train_fraction=1.5)
+    params = ml_core.TrainParams(dataset="d", train_end="1999-01-01")
     with pytest.raises(BadInput, match="train_end=1999-01-01"):
-        core.resolve_split(params, health["min_ts_ms"], health["max_ts_ms"])
+        ml_core.resolve_split(params, health["min_ts_ms"], health["max_ts_ms"])
 
 
 def test_duckdb_settings_follow_the_cap():
-    small, big = core.duckdb_settings(300, "/tmp/x"), core.duckdb_settings(4096, "/tmp/x")
+    small, big = (
+        ml_features.duckdb_settings(300, "/tmp/x"),
+        ml_features.duckdb_settings(4096, "/tmp/x"),
+    )
     assert small["memory_limit"] == "150MiB" and small["threads"] == 1
     assert big["memory_limit"] == "2048MiB" and big["threads"] >= 1
-    batches = core.file_batches([{"rows": 10}, {"rows": 10}, {"rows": 25}, {"rows": 1}], 20)
+    batches = ml_features.file_batches([{"rows": 10}, {"rows": 10}, {"rows": 25}, {"rows": 1}], 20)
     assert [len(b) for b in batches] == [2, 1, 1]

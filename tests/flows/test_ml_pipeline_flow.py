@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 
-from flows import ml_core as core
+from flows import ml_dataset
 from flows.fraud_synth_gen import generate_dataset_local
 from flows.ml_pipeline import train_fraud_model
 from headroom import BadInput
@@ -102,8 +102,8 @@ def test_trains_registers_and_a_rerun_reuses_every_step(tmp_path):
 
 def test_a_failed_health_check_stops_the_run_naming_what_is_missing(tmp_path):
     dataset = Path(_dataset(tmp_path / "data", seed=23, transactions=12_000))
-    manifest = core.read_manifest(str(dataset))
-    missing = core.ordered_files(manifest)[1]["path"]
+    manifest = ml_dataset.read_manifest(str(dataset))
+    missing = ml_dataset.ordered_files(manifest)[1]["path"]
     (dataset / missing).unlink()
     with pytest.raises(BadInput) as failure:
         train_fraud_model.with_options(flow_run_name="ml-unhealthy")(
