@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 
 from flows import fraud_synth_gen as gen
 from flows.fraud_synth_params import Compression, FraudSynthParams
+from flows.fraud_synth_spec import BYTES_PER_TRANSACTION
 from headroom import BadInput, Chunking
 from headroom.prefect import (
     FLOW_HOOKS,
@@ -30,11 +31,16 @@ from headroom.prefect import (
 from headroom.storage import Storage
 
 # A block's columns and its Arrow batch, the writer's page buffers and the row group being
-# assembled: about 300 bytes per buffered row (measured peak: see BENCHMARKS.md).
+# assembled: about 150 bytes per buffered row above a ~90 MiB base (measured peaks); the
+# estimate keeps a margin. Two blocks a row group: rows per CPU-second are flat from one
+# block to 16 while each writer's peak grows with the chunk (131 vs 152 MiB at 2 and 4
+# blocks, 250 MiB at the 1.1 M rows history picked before the ceiling).
 write_part = budgeted_task(
     gen.write_transaction_file,
     tag="fraud-gen",
-    chunk=Chunking("rows_per_chunk", default=262_144, floor=4_096, bytes_per_row=300.0),
+    chunk=Chunking(
+        "rows_per_chunk", default=131_072, floor=4_096, bytes_per_row=300.0, ceiling=131_072
+    ),
     input_bytes=lambda kw: gen.DatasetSpec.from_dict(kw["spec"]).rows_in_file(kw["index"]) * 64,
     oom_retries=4,
     transient=(ConnectionError,),
@@ -116,7 +122,7 @@ def generate_fraud_dataset(
         logger.info("removed %d temporary files of killed writers", len(removed))
     done = gen.completed_entries(storage, spec)
     todo = [i for i in range(spec.files) if i not in done]
-    per_row = gen.BYTES_PER_TRANSACTION[spec.compression]
+    per_row = BYTES_PER_TRANSACTION[spec.compression]
     needed = sum(spec.rows_in_file(i) for i in todo) * per_row * 1.1 + spec.customers * 200
     gen.check_free_space(storage, math.ceil(needed))
     logger.info(
@@ -128,12 +134,14 @@ def generate_fraud_dataset(
         spec.customers,
     )
 
-    # The transaction writers rebuild the reference data from the seed themselves, so the
-    # reference tables are written alongside them rather than first.
+    # Reference tables first, on their own: their writer holds every customer column and
+    # peaks above a transaction writer, so running alongside one it set the run's peak;
+    # alone it costs a second or two, and a failure stops the run before phase 2.
     reference = storage.read_json(REFERENCE_MARK)
-    pending_reference = None
     if not reference or reference.get("fingerprint") != gen.fingerprint(spec):
-        pending_reference = write_reference.submit(out=params.out, spec=spec.to_dict())
+        rows = write_reference.submit(out=params.out, spec=spec.to_dict()).result()
+        reference = {"fingerprint": gen.fingerprint(spec), "rows": rows}
+        storage.write_json(REFERENCE_MARK, reference)
     outcomes = map_bounded(
         write_part,
         [
@@ -148,9 +156,6 @@ def generate_fraud_dataset(
         max_workers=max_workers,
         chunk_scale=chunk_scale,
     )
-    if pending_reference is not None:
-        reference = {"fingerprint": gen.fingerprint(spec), "rows": pending_reference.result()}
-        storage.write_json(REFERENCE_MARK, reference)
     # Writers killed for memory leave temporaries; every writer of this run has ended now.
     storage.remove_temporaries("transactions")
     entries = list(done.values()) + [o.value for o in outcomes if o.ok]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.fraud_synth_gen import DatasetSpec, plan_dataset, transactions_for_size
+from flows.fraud_synth_spec import DatasetSpec, plan_dataset, transactions_for_size
 from headroom.errors import BadInput
 from headroom.units import parse_size
 

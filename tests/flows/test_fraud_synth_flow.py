@@ -38,8 +38,8 @@ def test_forced_oom_same_rows_on_s3_and_resume(
 ) -> None:
     local = tmp_path / "tight"
     monkeypatch.setenv("HEADROOM_MEMORY_LIMIT", "400MB")
-    # 2,000 extra bytes per buffered row: the default first chunk (262,144 rows) needs
-    # ~600 MB, far above the ~270 MiB cap a fraud-gen task gets in a 400 MB budget.
+    # 2,000 extra bytes per buffered row: the default first chunk (131,072 rows) needs
+    # ~350 MB, well above the ~270 MiB cap a fraud-gen task gets in a 400 MB budget.
     state = generate_fraud_dataset(
         out=str(local), extra_bytes_per_row=2_000, return_state=True, **COMMON
     )

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows import fraud_synth_gen as gen
+from flows import fraud_synth_spec as fspec
 from flows.fraud_synth_params import FraudSynthParams
 from headroom.errors import BadInput
 from headroom.storage import TMP_MARK, open_storage
@@ -61,7 +62,7 @@ def test_layout_schema_order_and_manifest(dataset: tuple[Path, dict]) -> None:
         ids.append(table.column("transaction_id").to_numpy())
     ids = np.concatenate(ids)
     assert np.array_equal(ids, np.arange(300_000)), "ids unique and dense"
-    start, end = gen._day_ms("2024-03-01"), gen._day_ms("2024-03-21")
+    start, end = fspec._day_ms("2024-03-01"), fspec._day_ms("2024-03-21")
     assert start <= manifest["files"][0]["min_ts_ms"] and previous_max < end
     assert not list(out.rglob(f"{TMP_MARK}*"))
 
@@ -226,7 +227,7 @@ def test_plan_rejects_and_sizes() -> None:
         gen.plan_dataset(transactions=10, fraud_rate=2)
     params = FraudSynthParams.parse(size="1GB", file_size="128MB")
     spec = params.dataset_spec()
-    per_row = gen.BYTES_PER_TRANSACTION["zstd"]
+    per_row = fspec.BYTES_PER_TRANSACTION["zstd"]
     assert spec.transactions == round(1e9 / per_row)
     assert spec.files == -(-spec.transactions // round(128e6 / per_row))
     assert FraudSynthParams.parse(transactions=5, size=None).dataset_spec().transactions == 5
