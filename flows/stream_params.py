@@ -1,0 +1,135 @@
+"""Parameters of a stream_stats run and the window model they define.
+
+Pure logic without prefect. :class:`StreamParams` validates a run's parameters before any
+work; :class:`WindowSpec` is the window length, slide and allowed lateness in milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from headroom.errors import BadInput
+
+KEY_FIELDS = ("merchant_category", "channel")
+
+
+P95 = 0.95
+
+
+SCHEMA_VERSION = 1
+NO_TS = np.iinfo(np.int64).min
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$", re.I)
+_UNIT_MS = {
+    "ms": 1,
+    "s": 1000,
+    "sec": 1000,
+    "m": 60_000,
+    "min": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+}
+
+
+def parse_duration_ms(value: str | int | float, *, name: str) -> int:
+    """Milliseconds from '500ms', '30s', '1min' (or '1m'), '2h', '1d', or plain seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        millis = float(value) * 1000
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise BadInput(f"parameter {name}: {value!r} is not a duration like 30s, 1min, 2h")
+        millis = float(match.group(1)) * _UNIT_MS[(match.group(2) or "s").lower()]
+    if millis < 0 or millis != int(millis):
+        raise BadInput(f"parameter {name}: {value!r} must be a whole, non-negative ms count")
+    return int(millis)
+
+
+class StreamParams(BaseModel):
+    """Parameters of one bounded run of the stream_stats flow, validated before any work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        description="A fraud_synth dataset directory (embedded) or "
+        "redis://host:port/db?stream=KEY&group=NAME."
+    )
+    window: str = Field("1min", description="Window length (tumbling), e.g. 30s, 1min, 1h.")
+    slide: str | None = Field(None, description="Slide for hopping windows; divides window.")
+    watermark: str = Field("5min", description="Allowed lateness behind the newest event.")
+    max_batch: int = Field(
+        262_144,
+        ge=1_000,
+        le=10_000_000,
+        description="Events per micro-batch (shrinks on out-of-memory).",
+    )
+    max_duration: str = Field("4min", description="The run ends by itself after this long.")
+    max_events: int | None = Field(None, ge=1, description="The run ends after this many.")
+    backend: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="auto: GPU if NVML sees one and CuPy imports, else CPU."
+    )
+    sink: str = Field(description="DuckDB database file holding the windows and the progress.")
+    keys: list[str] = Field(
+        default_factory=lambda: list(KEY_FIELDS), description="Group-by fields besides the window."
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _known_keys(cls, keys: list[str]) -> list[str]:
+        unknown = [k for k in keys if k not in KEY_FIELDS]
+        if unknown or len(set(keys)) != len(keys):
+            raise ValueError(f"keys: {keys} must be distinct names from {list(KEY_FIELDS)}")
+        return keys
+
+    @model_validator(mode="after")
+    def _durations(self) -> StreamParams:
+        window = parse_duration_ms(self.window, name="window")
+        slide = parse_duration_ms(self.slide, name="slide") if self.slide else window
+        parse_duration_ms(self.watermark, name="watermark")
+        if parse_duration_ms(self.max_duration, name="max_duration") <= 0:
+            raise ValueError("max_duration must be positive")
+        if window <= 0 or slide <= 0 or window % slide:
+            raise ValueError(
+                f"window ({self.window}) must be a positive multiple of slide ({self.slide})"
+            )
+        return self
+
+    def spec(self) -> WindowSpec:
+        """The window configuration in milliseconds."""
+        window = parse_duration_ms(self.window, name="window")
+        return WindowSpec(
+            window_ms=window,
+            slide_ms=parse_duration_ms(self.slide, name="slide") if self.slide else window,
+            watermark_ms=parse_duration_ms(self.watermark, name="watermark"),
+            keys=tuple(self.keys),
+        )
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Window length, slide and allowed lateness (ms) and the group-by keys."""
+
+    window_ms: int
+    slide_ms: int
+    watermark_ms: int
+    keys: tuple[str, ...] = KEY_FIELDS
+
+    @property
+    def per_event(self) -> int:
+        """Windows each event belongs to."""
+        return self.window_ms // self.slide_ms
+
+    def as_config(self) -> dict[str, str]:
+        return {
+            "window_ms": str(self.window_ms),
+            "slide_ms": str(self.slide_ms),
+            "watermark_ms": str(self.watermark_ms),
+            "keys": ",".join(self.keys),
+            "schema_version": str(SCHEMA_VERSION),
+        }
