@@ -403,9 +403,11 @@ the tree (for ours: flow process + guarded children; the Prefect server runs apa
 
 {table(["target", "measured", "goal", ""], targets)}
 
-Ours parses each day twice over (CSV -> typed Parquet staging with rejects, then Parquet ->
-bronze in a transaction per day) and pays Prefect's task orchestration and a fresh child per
-task; bare DuckDB parses once, untyped, with no rejects and no per-day replace.{scaled}"""
+Ours reads each CSV once (typed, rejects kept by the same scan, published domains as ENUMs,
+one DuckDB thread per staging task since the days run side by side) into lz4 Parquet staging,
+then the single writer copies Parquet into bronze in a transaction per day; it also pays
+Prefect's task orchestration and a fresh child per task (which imports only the DuckDB module).
+Bare DuckDB parses once, types guessed, with no rejects and no per-day replace.{scaled}"""
 
 
 if __name__ == "__main__":

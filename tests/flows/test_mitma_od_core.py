@@ -287,3 +287,36 @@ def test_sql_identifiers_are_checked():
     for bad in ('x"; DROP TABLE t; --', "1abc", "a b", ""):
         with pytest.raises(BadInput):
             core.identifier(bad)
+
+
+def test_values_outside_a_published_domain_are_rejects_and_bronze_keeps_text(tmp_path):
+    good = "20220501|08|0105902|0105903|2-10|casa|trabajo_estudio|no|si|01|10-15|25-45|mujer|1.5|6"
+    fields = good.split("|")
+    outside = {4: "5-10", 5: "ocio", 11: "18-25", 12: "otro"}  # distancia, actividad, edad, sexo
+    lines = ["|".join(core.COLUMNS), good]
+    for index, value in outside.items():
+        lines.append("|".join([*fields[:index], value, *fields[index + 1 :]]))
+    lines.append(good.replace("|01|10-15|25-45|mujer|", "|NA|NA|NA|NA|"))
+    raw = tmp_path / core.daily_name("distritos", DAY)
+    raw.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    staged = core.stage_day(
+        str(raw),
+        str(tmp_path / "staging.parquet"),
+        str(tmp_path / "rejects.csv"),
+        DAY.isoformat(),
+        "distritos",
+        raw.name,
+    )
+
+    assert (staged["rows"], staged["rejected"]) == (2, 4)
+    with open(staged["rejects"], newline="") as handle:
+        rejects = list(csv.DictReader(handle))
+    assert [int(r["line"]) for r in rejects] == [3, 4, 5, 6]
+    database = tmp_path / "od.duckdb"
+    _load(database, staged)
+    con = duckdb.connect(str(database), read_only=True)
+    rows = con.execute(
+        "SELECT distancia, sexo, typeof(sexo), renta FROM bronze_viajes ORDER BY sexo NULLS LAST"
+    ).fetchall()
+    con.close()
+    assert rows == [("2-10", "mujer", "VARCHAR", "10-15"), ("2-10", None, "VARCHAR", None)]
