@@ -112,7 +112,7 @@ def _task_run_seconds(flow_state) -> float:
 # (label, way, max_workers, server's slot wait cap in s or None for Prefect's default)
 WAYS = [
     ("bare tag limit (all 30 submitted at once)", "bare", TASKS, None),
-    ("headroom: waves of 3 (= slots)", "ours", SLOTS, None),
+    ("headroom: map_bounded, 3 in flight (= slots)", "ours", SLOTS, None),
     ("headroom: 6 submitted ahead, server slot wait ≤ 0.5 s", "ours", 2 * SLOTS, 0.5),
 ]
 
