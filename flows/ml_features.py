@@ -229,9 +229,14 @@ def build_features(
         "seconds": round(time.monotonic() - started, 2),
     }
     write_json_atomic(building / "_features.json", summary)
+    # Old features step aside (a rename) before the new ones take the name (another): nothing
+    # ever finds a half-deleted or half-written set under it, only a complete one or, between
+    # the two renames, none, which the step's output check treats as "not built yet".
+    retired = final.with_name(f".retired-{uuid.uuid4().hex[:8]}-{final.name}")
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, retired)
     os.replace(building, final)
+    shutil.rmtree(retired, ignore_errors=True)
     return summary
 
 

@@ -139,7 +139,6 @@ class RespConnection:
             scanned = max(scanned, len(self.buf) - 1)  # a CRLF may straddle two reads
             if seen >= need:
                 break
-            seen -= self.buf.count(b"\r\n", scanned)
             if self._wait(patience):
                 self._fill_keeping()
                 continue

@@ -110,6 +110,8 @@ def _parse_slice(
                     )
                 except ValueError:
                     return None
+                if not np.isfinite(columns[name]).all():
+                    return None  # nan / inf: the entry-by-entry path rejects them by name
         else:
             columns[name] = _integers(raw, s, n)
         if columns[name] is None:

@@ -1,8 +1,8 @@
 """Entry point of a guarded child: load the call, run it, write back its result.
 
-Started as ``python -m headroom._child CALL_FILE RESULT_FILE``, or ahead of need as
-``python -m headroom._child --wait MODULE`` (see headroom.spare). Imports nothing heavy itself
-so that start-up costs only what the guarded function's own module imports.
+Started ahead of need as ``python -m headroom._child --wait MODULE`` (see headroom.spare): it
+imports MODULE, then waits on stdin for its call. Imports nothing heavy itself, so start-up
+costs only what the guarded function's own module imports.
 """
 
 from __future__ import annotations
@@ -111,12 +111,11 @@ def wait_for_call(module_name: str) -> None:
         os._exit(0)
     call = json.loads(line)
     os.environ["HEADROOM_CAP_MB"] = str(call["cap_mb"])
-    main(call["call"], call["result"], die_with_parent=False)
+    main(call["call"], call["result"])
 
 
-def main(call_file: str, result_file: str, die_with_parent: bool = True) -> None:
-    if die_with_parent:
-        _die_with_parent()
+def main(call_file: str, result_file: str) -> None:
+    """Load the call, run it, write back its result (or how it failed), exit at once."""
     with open(call_file, "rb") as handle:
         module_name, qualname, args, kwargs = pickle.load(handle)
     base_kb = 0
@@ -147,7 +146,6 @@ def main(call_file: str, result_file: str, die_with_parent: bool = True) -> None
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--wait":
-        wait_for_call(sys.argv[2])
-    else:
-        main(sys.argv[1], sys.argv[2])
+    if sys.argv[1:2] != ["--wait"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m headroom._child --wait MODULE (started by headroom.spare)")
+    wait_for_call(sys.argv[2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tomllib
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from headroom.budget import Budget
 from headroom.units import MIB, parse_size
+
+log = logging.getLogger(__name__)
 
 ENV_LIMITS = "HEADROOM_LIMITS"
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "deployments" / "limits.toml"
@@ -54,11 +57,18 @@ class Limits:
         return cls(tags, float(data.get("reserve_mb", 300)), str(where))
 
     def with_caps(self, caps: dict[str, str], origin: str) -> Limits:
-        """These limits with some tags' caps replaced (sizes as given, e.g. '300MiB')."""
+        """These limits with some tags' caps replaced (sizes as given, e.g. '300MiB'); a tag
+        not declared here is skipped with a warning: one mistyped name must not stop every
+        task of every other tag."""
         tags = dict(self.tags)
         for tag, size in caps.items():
+            if tag not in tags:
+                log.warning(
+                    "%s: tag_caps names %r, which %s does not declare", origin, tag, self.source
+                )
+                continue
             cap_mb = parse_size(size, name=f"{origin}: tag_caps[{tag!r}]") / MIB
-            tags[tag] = replace(self.tag(tag), cap_mb=cap_mb)
+            tags[tag] = replace(tags[tag], cap_mb=cap_mb)
         return replace(self, tags=tags, source=f"{self.source} + {origin}" if caps else self.source)
 
     def tag(self, tag: str) -> TagLimit:

@@ -42,9 +42,13 @@ class _Spare:
     cwd: str
     module: str
 
+    def fits(self, env: dict[str, str], cwd: str, module: str) -> bool:
+        return self.env == env and self.cwd == cwd and self.module == module
+
 
 _lock = threading.Lock()
 _spare: _Spare | None = None
+_starting = False  # a thread is starting the spare
 _requests: queue.SimpleQueue[tuple[dict[str, str], str, Future[subprocess.Popen[bytes]]]] = (
     queue.SimpleQueue()
 )
@@ -85,14 +89,13 @@ def start_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
 def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
     """A waiting child for a call of a function of ``module`` with ``env``: the spare when it
     fits, else a new one; then a spare for the next call is started while this one runs."""
-    global _spare
+    global _spare, _starting
     cwd = os.getcwd()
     with _lock:
         spare, _spare = _spare, None
     child = None
     if spare is not None:
-        fits = spare.env == env and spare.cwd == cwd and spare.module == module
-        if fits and spare.process.poll() is None:
+        if spare.fits(env, cwd, module) and spare.process.poll() is None:
             child = spare.process
         else:
             _discard(spare.process)
@@ -100,13 +103,24 @@ def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
         child = start_child(env, module)
     if os.environ.get(ENV_SPARE, "1") == "0":
         return child
+    with _lock:
+        # One spare per process: when another thread's fitting spare exists or is on its way,
+        # a second would only be started, import its modules and be thrown away.
+        if _starting or (_spare is not None and _spare.fits(env, cwd, module)):
+            return child
+        _starting = True
+    following = None
     try:
         following = start_child(env, module)
     except OSError:
-        return child  # no spare this time (e.g. out of processes); the call goes on
-    with _lock:
-        stale, _spare = _spare, _Spare(following, env, cwd, module)
-    if stale is not None:  # another thread's spare, made in the meantime
+        pass  # no spare this time (e.g. out of processes); the call goes on
+    finally:
+        with _lock:
+            _starting = False
+            stale = _spare
+            if following is not None:
+                _spare = _Spare(following, env, cwd, module)
+    if following is not None and stale is not None:  # a spare for other calls: replaced
         _discard(stale.process)
     return child
 

@@ -46,13 +46,12 @@ SAME_PARAMETERS = {
 
 
 def default_within_s() -> float:
-    """$HEADROOM_ZOMBIE_AFTER_S, else three heartbeat periods of this host's settings."""
+    """$HEADROOM_ZOMBIE_AFTER_S, else three of the heartbeat periods the work pool pins."""
     if os.environ.get(ENV_ZOMBIE_AFTER):
         return float(os.environ[ENV_ZOMBIE_AFTER])
-    from prefect.settings import get_current_settings
+    from deployments.setup import FLOW_HEARTBEAT_S
 
-    heartbeat = get_current_settings().flows.heartbeat_frequency or 30
-    return 3.0 * heartbeat
+    return 3.0 * FLOW_HEARTBEAT_S
 
 
 def heartbeat_automation(within_s: float, name: str = AUTOMATION_NAME) -> Any:

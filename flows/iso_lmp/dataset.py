@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import CANONICAL_COLUMNS, IsoParseError, Market, canonical_schema
 from flows.iso_lmp.onepass import OnePass, copy_to_storage
+from headroom._child import oom_kind
 from headroom.guard import duckdb_share
 
 if TYPE_CHECKING:
@@ -123,9 +124,9 @@ def convert_files(
             except (IsoParseError, OSError) as exc:
                 log.warning("%s: %s", name, exc)
                 result = {"file": name, "error": str(exc)}
-            except MemoryError:
-                raise  # the guard's business: an OOM is retried with a smaller chunk
             except Exception as exc:  # a failure no parser foresaw is still this file's alone
+                if oom_kind(exc):
+                    raise  # the guard's business: an OOM is retried with a smaller chunk
                 log.warning("%s: unexpected %s: %s", name, type(exc).__name__, exc)
                 result = {"file": name, "error": f"{Path(name).name}: {type(exc).__name__}: {exc}"}
             if "error" in result and written is not None and market is not None:

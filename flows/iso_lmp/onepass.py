@@ -4,11 +4,12 @@ Publishing a partition whose staged parts are disjoint in time is a plain concat
 those parts in time order (see :func:`flows.iso_lmp.dataset.disjoint_in_time`). When one
 :func:`~flows.iso_lmp.dataset.convert_files` call stages every part of a partition, in that
 order, the concatenation is exactly what the call produced: :class:`OnePass` writes it to a
-local file as the rows go by (same row groups, same checksum) and publication copies that
-file instead of reading every staged part again. Whenever that is not certain (a file that
-failed after some of its rows went by, a part staged by an earlier call, overlapping or
-revised parts), the partition is published the usual way. Rows wait for a full row group
-in at most about one chunk in all: past that, other partitions write a shorter one.
+local file as the rows go by (the same rows in the same order, the same checksum; row groups
+may be shorter) and publication copies that file instead of reading every staged part again.
+Whenever that is not certain (a file that failed after some of its rows went by, a part staged
+by an earlier call, overlapping or revised parts), the partition is published the usual way.
+Rows wait for a full row group in at most about one chunk in all: past that, other partitions
+write a shorter one.
 """
 
 from __future__ import annotations

@@ -291,6 +291,8 @@ def test_canonical_parser_reads_what_float_and_int_read():
     [
         ("amount", "12.5x"),
         ("amount", "1.2.3"),
+        ("amount", "nan"),  # float() reads these; the entry-by-entry path rejects them by name
+        ("amount", "inf"),
         ("customer_id", "-4"),
         ("ts", "12a"),
         ("channel", ""),
