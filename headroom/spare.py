@@ -145,6 +145,16 @@ def _discard(process: subprocess.Popen[bytes]) -> None:
             process.stdin.close()
 
 
+def _forget_after_fork() -> None:
+    """A forked process has no spare of its own: the one it knows is its parent's child."""
+    global _spare, _starting, _starter, _lock
+    _lock = threading.Lock()
+    _spare, _starting, _starter = None, False, None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 @atexit.register
 def _drop_spare() -> None:
     global _spare

@@ -181,3 +181,19 @@ def test_a_spare_that_dies_as_its_call_is_handed_is_replaced(monkeypatch):
     waiting.wait(5)
     monkeypatch.setattr(process, "poll", lambda: None)
     assert run_guarded(workers.add, 2, 3, cap_mb=200) == 5
+
+
+def test_a_forked_process_never_takes_its_parents_spare():
+    run_guarded(workers.add, 1, 1, cap_mb=200)
+    (before,) = _waiting_children()
+    pid = os.fork()
+    if pid == 0:  # the child: a guarded call of its own, then out without teardown
+        try:
+            code = 0 if run_guarded(workers.add, 2, 2, cap_mb=200) == 4 else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert before.is_running() and before.status() != "zombie"  # still ours, still waiting
+    assert [p.pid for p in _waiting_children()] == [before.pid]
