@@ -286,6 +286,18 @@ def test_canonical_parser_reads_what_float_and_int_read():
     assert parsed.ack_args == b"".join(b"$%d\r\n%s\r\n" % (len(i), i.encode()) for i, _ in entries)
 
 
+# One entry with every field in canonical form, as the producer writes it.
+CANONICAL_ENTRY = [
+    ("transaction_id", "1"),
+    ("ts", "1704067200000"),
+    ("customer_id", "7"),
+    ("merchant_category", "travel"),
+    ("channel", "online"),
+    ("amount", "12.5"),
+    ("is_fraud", "0"),
+]
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -301,15 +313,7 @@ def test_canonical_parser_reads_what_float_and_int_read():
 def test_canonical_parser_declines_what_it_cannot_read_exactly(field, value):
     from flows.stream_sources import parse_canonical
 
-    fields = [
-        ("transaction_id", "1"),
-        ("ts", "1704067200000"),
-        ("customer_id", "7"),
-        ("merchant_category", "travel"),
-        ("channel", "online"),
-        ("amount", "12.5"),
-        ("is_fraud", "0"),
-    ]
+    fields = CANONICAL_ENTRY
     odd = [(k, value if k == field else v) for k, v in fields]
     reply = _reply([("1-0", fields), ("1-1", odd)])
     assert parse_canonical(_reply([("1-0", fields)]), 1) is not None
@@ -323,15 +327,7 @@ def test_a_slow_canonical_reply_still_takes_the_fast_path():
 
     from flows.stream_sources import ParsedEntries
 
-    fields = [
-        ("transaction_id", "1"),
-        ("ts", "1704067200000"),
-        ("customer_id", "7"),
-        ("merchant_category", "travel"),
-        ("channel", "online"),
-        ("amount", "12.5"),
-        ("is_fraud", "0"),
-    ]
+    fields = CANONICAL_ENTRY
     reply = _reply([(f"1-{i}", fields) for i in range(3)])
     ours, server = socket.socketpair()
     conn = RespConnection.__new__(RespConnection)
