@@ -26,6 +26,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = core.StreamParams(source="x", sink="x", window="1min", watermark="3min").spec()
 
 
+# One entry with every field in canonical form, as the producer writes it.
+CANONICAL_ENTRY = [
+    ("transaction_id", "1"),
+    ("ts", "1704067200000"),
+    ("customer_id", "7"),
+    ("merchant_category", "travel"),
+    ("channel", "online"),
+    ("amount", "12.5"),
+    ("is_fraud", "0"),
+]
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """A fraud_synth dataset: 12 k transactions over a day (real generator when present)."""
@@ -201,15 +213,7 @@ def test_sigkill_mid_run_while_the_producer_writes(redis_url, stream, tmp_path):
 def test_malformed_and_reordered_entries(redis_url, stream, tmp_path):
     """Entries with other field orders are read; unparseable ones are rejected, not lost."""
     conn = RespConnection(redis_url)
-    good = [
-        ("transaction_id", "1"),
-        ("ts", "1704067200000"),
-        ("customer_id", "7"),
-        ("merchant_category", "travel"),
-        ("channel", "online"),
-        ("amount", "12.5"),
-        ("is_fraud", "0"),
-    ]
+    good = CANONICAL_ENTRY
     conn.command("XADD", stream, "*", *[x for pair in good for x in pair])
     conn.command("XADD", stream, "*", *[x for pair in reversed(good) for x in pair])
     bad = [(k, "twelve" if k == "amount" else v) for k, v in good]
@@ -284,18 +288,6 @@ def test_canonical_parser_reads_what_float_and_int_read():
         f"{h}-{lo}" for h, lo in zip(parsed.id_hi.tolist(), parsed.id_lo.tolist(), strict=True)
     ] == [entry_id for entry_id, _ in entries]
     assert parsed.ack_args == b"".join(b"$%d\r\n%s\r\n" % (len(i), i.encode()) for i, _ in entries)
-
-
-# One entry with every field in canonical form, as the producer writes it.
-CANONICAL_ENTRY = [
-    ("transaction_id", "1"),
-    ("ts", "1704067200000"),
-    ("customer_id", "7"),
-    ("merchant_category", "travel"),
-    ("channel", "online"),
-    ("amount", "12.5"),
-    ("is_fraud", "0"),
-]
 
 
 @pytest.mark.parametrize(
