@@ -20,6 +20,7 @@ from uuid import UUID
 
 from pydantic import Field
 
+from headroom import leases
 from headroom.budget import Budget
 from headroom.chunks import Chunking, first_size, shrink
 from headroom.errors import ChunkFloorReached, OutOfMemory, TerminalError
@@ -182,7 +183,6 @@ def budgeted_task(
 def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) -> Any:
     """One attempt of a budgeted task, inside a Prefect task run."""
     from prefect import get_run_logger
-    from prefect.concurrency.sync import concurrency
     from prefect.context import TaskRunContext
 
     context = TaskRunContext.get()
@@ -233,12 +233,7 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
     peak: float | None = None
     outcome = "ok"
     try:
-        with concurrency(
-            memory_limit_name(),
-            occupy=max(1, math.ceil(cap)),
-            strict=True,
-            lease_duration=MEMORY_LEASE_S,
-        ):
+        with leases.held(memory_limit_name(), max(1, math.ceil(cap)), MEMORY_LEASE_S):
             started = time.time()
             if spec.isolate:
                 result = guarded_call(spec.target, (), kwargs, cap_mb=cap, timeout_s=spec.timeout_s)

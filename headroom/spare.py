@@ -2,12 +2,14 @@
 
 A fresh ``python -m headroom._child`` spends 100-300 ms (more on a loaded host) starting the
 interpreter and processing site-packages before it can run anything: on a 5 s task that is
-most of the guard's overhead. So after each call the guard starts the next child, which waits
-on its stdin for the call, while the current one runs. It has already imported the module of
-the call it was started after, as a fresh child would first thing (a body's numpy, pyarrow
-and DuckDB imports take longer than the interpreter). A spare is used only by a call of a
-function of that module, with the environment and working directory it was started with
-(else it is dropped and a fresh child started), and is always a clean process: one call
+most of the guard's overhead. So as each call starts, the guard asks for the next child, which
+waits on its stdin for a call, while the current one runs: one spare per call of the module
+running now (three tasks running side by side may end together and each find one), at most
+``MAX_SPARES``. A spare has already imported the module of the call it was started after, as a
+fresh child would first thing (a body's numpy, pyarrow and DuckDB imports take longer than
+the interpreter). It is used only by a call of a function of that module, with the
+environment and working directory it was started with (a spare of that module with another
+environment is dropped, a fresh child started), and is always a clean process: one call
 each, never reused.
 
 Spares are started by one long-lived thread: a child's PR_SET_PDEATHSIG fires when the
@@ -26,13 +28,17 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 CHILD_ARGV = [sys.executable, "-m", "headroom._child", "--wait"]
-# "0" turns spares off: each call then starts its own child, as a memory-tight host may want
-# (a spare holds its interpreter and the body module's imports, outside any task's cap).
+# Spares kept per process: unset, as many as calls of the module run at once (so a wave of
+# tasks ending together each finds one), at most MAX_SPARES; "0" turns spares off (each call
+# then starts its own child, as a memory-tight host may want: a spare holds its interpreter
+# and the body module's imports, outside any task's cap); "N" keeps at most N.
 ENV_SPARE = "HEADROOM_SPARE_CHILD"
+MAX_SPARES = 4
 
 
 @dataclass
@@ -47,11 +53,11 @@ class _Spare:
 
 
 _lock = threading.Lock()
-_spare: _Spare | None = None
-_starting = False  # a thread is starting the spare
-_requests: queue.SimpleQueue[tuple[dict[str, str], str, Future[subprocess.Popen[bytes]]]] = (
-    queue.SimpleQueue()
-)
+_spares: list[_Spare] = []  # oldest first
+_coming: list[tuple[dict[str, str], str, str]] = []  # spares asked for, not started yet
+_busy: list[tuple[subprocess.Popen[bytes], str]] = []  # children handed out, with their module
+_Done = Callable[[subprocess.Popen[bytes] | BaseException], None]
+_requests: queue.SimpleQueue[tuple[dict[str, str], str, _Done]] = queue.SimpleQueue()
 _starter: threading.Thread | None = None
 
 
@@ -69,60 +75,101 @@ def _serve_requests() -> None:
     while True:
         env, module, done = _requests.get()
         try:
-            done.set_result(_start(env, module))
+            started: subprocess.Popen[bytes] | BaseException = _start(env, module)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            done.set_exception(exc)
+            started = exc
+        done(started)
 
 
-def start_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
-    """A new child that imports ``module`` and waits; started by the long-lived thread."""
+def _ask_starter(env: dict[str, str], module: str, done: _Done) -> None:
     global _starter
     with _lock:
         if _starter is None or not _starter.is_alive():
             _starter = threading.Thread(target=_serve_requests, name="headroom-spare", daemon=True)
             _starter.start()
-    done: Future[subprocess.Popen[bytes]] = Future()
     _requests.put((env, module, done))
-    return done.result()
+
+
+def start_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
+    """A new child that imports ``module`` and waits; started by the long-lived thread."""
+    result: Future[subprocess.Popen[bytes]] = Future()
+
+    def done(started: subprocess.Popen[bytes] | BaseException) -> None:
+        if isinstance(started, BaseException):
+            result.set_exception(started)
+        else:
+            result.set_result(started)
+
+    _ask_starter(env, module, done)
+    return result.result()
+
+
+def _most_spares() -> int:
+    setting = os.environ.get(ENV_SPARE, "").strip()
+    if not setting:
+        return MAX_SPARES
+    try:
+        return max(0, int(setting))
+    except ValueError:
+        return 1  # a truthy word ("yes"): on, one spare
 
 
 def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
-    """A waiting child for a call of a function of ``module`` with ``env``: the spare when it
-    fits, else a new one; then a spare for the next call is started while this one runs."""
-    global _spare, _starting
+    """A waiting child for a call of a function of ``module`` with ``env``: a spare when one
+    fits, else a new one; then spares for the next calls are asked for (started by another
+    thread while this call runs), one per call of the module now running."""
     cwd = os.getcwd()
-    with _lock:
-        spare, _spare = _spare, None
     child = None
-    if spare is not None:
-        if spare.fits(env, cwd, module) and spare.process.poll() is None:
-            child = spare.process
-        else:
-            _discard(spare.process)
+    stale: list[_Spare] = []
+    most = _most_spares()
+    with _lock:
+        for spare in list(_spares):
+            # Dead, or of this module with another environment (which changed): no use now.
+            if spare.process.poll() is not None or (
+                spare.module == module and not spare.fits(env, cwd, module)
+            ):
+                _spares.remove(spare)
+                stale.append(spare)
+            elif child is None and spare.fits(env, cwd, module):
+                _spares.remove(spare)
+                child = spare.process
+        while len(_spares) > most:  # the setting went down (or spares were turned off)
+            stale.append(_spares.pop(0))
+    for spare in stale:
+        _discard(spare.process)
     if child is None:
         child = start_child(env, module)
-    if os.environ.get(ENV_SPARE, "1") == "0":
-        return child
     with _lock:
-        # One spare per process: when another thread's fitting spare exists or is on its way,
-        # a second would only be started, import its modules and be thrown away.
-        if _starting or (_spare is not None and _spare.fits(env, cwd, module)):
-            return child
-        _starting = True
-    following = None
-    try:
-        following = start_child(env, module)
-    except OSError:
-        pass  # no spare this time (e.g. out of processes); the call goes on
-    finally:
-        with _lock:
-            _starting = False
-            stale = _spare
-            if following is not None:
-                _spare = _Spare(following, env, cwd, module)
-    if following is not None and stale is not None:  # a spare for other calls: replaced
-        _discard(stale.process)
+        _busy[:] = [(p, m) for p, m in _busy if p.poll() is None]
+        _busy.append((child, module))
+        wanted = min(most, sum(m == module for _, m in _busy))
+        have = sum(s.fits(env, cwd, module) for s in _spares)
+        have += sum(c == (env, cwd, module) for c in _coming)
+        missing = max(0, wanted - have)
+        _coming.extend([(env, cwd, module)] * missing)
+    for _ in range(missing):
+        _ask_starter(env, module, _arrived(env, cwd, module))
     return child
+
+
+def _arrived(env: dict[str, str], cwd: str, module: str) -> _Done:
+    def done(started: subprocess.Popen[bytes] | BaseException) -> None:
+        dropped: list[_Spare] = []
+        with _lock:
+            if (env, cwd, module) in _coming:
+                _coming.remove((env, cwd, module))
+            if isinstance(started, BaseException):
+                return  # no spare this time (e.g. out of processes); calls start their own
+            _spares.append(_Spare(started, env, cwd, module))
+            # Over the limit: the oldest go (spares of another module or environment first).
+            while len(_spares) > max(1, _most_spares()):
+                old = next((s for s in _spares if not s.fits(env, cwd, module)), _spares[0])
+                _spares.remove(old)
+                dropped.append(old)
+        for old in dropped:
+            _discard(old.process)
+
+    return done
 
 
 def hand_call(
@@ -146,19 +193,23 @@ def _discard(process: subprocess.Popen[bytes]) -> None:
 
 
 def _forget_after_fork() -> None:
-    """A forked process has no spare of its own: the one it knows is its parent's child."""
-    global _spare, _starting, _starter, _lock
+    """A forked process has no spare of its own: those it knows are its parent's children."""
+    global _starter, _lock, _requests
     _lock = threading.Lock()
-    _spare, _starting, _starter = None, False, None
+    _spares.clear()
+    _coming.clear()
+    _busy.clear()
+    _starter = None
+    _requests = queue.SimpleQueue()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register
-def _drop_spare() -> None:
-    global _spare
+def _drop_spares() -> None:
     with _lock:
-        spare, _spare = _spare, None
-    if spare is not None:
+        spares = list(_spares)
+        _spares.clear()
+    for spare in spares:
         _discard(spare.process)

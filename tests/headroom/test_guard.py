@@ -136,6 +136,25 @@ def test_a_call_runs_in_a_child_started_ahead_of_it():
     assert run_guarded(workers.started_at, cap_mb=200) < asked - 0.2
 
 
+def test_calls_ending_together_each_find_a_child_started_ahead():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def wave() -> list[float]:
+        with ThreadPoolExecutor(3) as pool:
+            return list(pool.map(lambda _: run_guarded(workers.started_at, cap_mb=200), range(3)))
+
+    def spares_of_workers() -> int:
+        return sum(p.cmdline()[-1] == workers.__name__ for p in _waiting_children())
+
+    wave()  # three calls side by side: three spares asked for
+    time.sleep(1.0)
+    assert spares_of_workers() == 3
+    asked = time.time()
+    assert all(started < asked - 0.2 for started in wave())
+    time.sleep(1.0)
+    assert spares_of_workers() == 3  # replaced, not more
+
+
 def test_a_spare_never_runs_a_call_with_another_environment(monkeypatch):
     run_guarded(workers.add, 1, 1, cap_mb=200)  # a spare with the environment of now
     monkeypatch.setenv("HEADROOM_TEST_MARK", "after the spare started")
@@ -175,7 +194,7 @@ def test_a_spare_that_dies_as_its_call_is_handed_is_replaced(monkeypatch):
 
     run_guarded(workers.add, 1, 1, cap_mb=200)
     (waiting,) = _waiting_children()
-    process = spare._spare.process
+    process = spare._spares[0].process
     assert process.pid == waiting.pid
     waiting.kill()
     waiting.wait(5)
