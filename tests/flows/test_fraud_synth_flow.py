@@ -55,7 +55,12 @@ def test_forced_oom_same_rows_on_s3_and_resume(
     ooms = [a for a in attempts if a.outcome not in ("ok",)]
     assert ooms and all(a.outcome in ("watchdog", "oom-killer", "allocator") for a in ooms)
     assert sum(a.outcome == "ok" for a in attempts) == 2
-    assert max(a.chunk for a in attempts if a.outcome == "ok") < min(a.chunk for a in ooms)
+    # Each file that ran out of memory was written at a smaller chunk by a later attempt. (On
+    # a loaded machine one file has been seen to get through at the first size, under its cap.)
+    for run_id in {a.task_run_id for a in ooms}:
+        own = sorted((a for a in attempts if a.task_run_id == run_id), key=lambda a: a.attempt)
+        assert own[-1].outcome == "ok", [(a.chunk, a.outcome) for a in own]
+        assert own[-1].chunk < min(a.chunk for a in own if a.outcome != "ok")
     assert all(a.peak_mb <= a.cap_mb for a in attempts if a.outcome == "ok")
     tight = open_storage(local).read_json("manifest.json")
     for entry in tight["files"]:
