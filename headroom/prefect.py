@@ -9,8 +9,11 @@ size, runs the body in a guarded child under the cap, and retries only out-of-me
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import math
+import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -49,6 +52,8 @@ MEMORY_LEASE_S = 60.0
 _attempts: dict[str, list[Attempt]] = {}
 _attempts_lock = threading.Lock()
 _host_limit_cache: dict[str, tuple[float, int]] = {}
+_artifacts: queue.SimpleQueue[tuple[Any, Any, Any, threading.Event | None]] = queue.SimpleQueue()
+_artifact_thread: threading.Thread | None = None
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,6 @@ def _budget_block() -> Any:
 
 def current_budget() -> Budget:
     """The budget: $HEADROOM_MEMORY_LIMIT, else the memory-budget block, else detection."""
-    import os
-
     from headroom.budget import ENV_LIMIT
 
     if os.environ.get(ENV_LIMIT):
@@ -318,14 +321,77 @@ def _forget(run_id: str) -> None:
 
 
 def _publish_attempts(spec: BudgetedSpec, run_id: str) -> None:
-    from prefect.artifacts import create_table_artifact
+    """Publish the run's attempts table from a background thread, in this task's context: the
+    request (about 15 ms here) is then off the path between the body's end and the next task."""
+    import contextvars
 
     with _attempts_lock:
         rows = [a.row() for a in _attempts.get(run_id, [])]
+    description = f"{spec.name}: attempts (tag {spec.tag})"
+    if _in_dask_worker():  # no flow-end flush reaches a worker's queue: publish now
+        _create_table(rows, description)
+        return
+    _artifacts.put((contextvars.copy_context(), rows, description, None))
+    _ensure_artifact_thread()
+
+
+def _in_dask_worker() -> bool:
+    import sys
+
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
     try:
-        create_table_artifact(rows, description=f"{spec.name}: attempts (tag {spec.tag})")
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+def _create_table(rows: list[dict[str, Any]], description: str) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    try:
+        create_table_artifact(rows, description=description)
     except Exception:  # an artifact must never fail the work
         pass
+
+
+def flush_artifacts(timeout_s: float = 30.0) -> None:
+    """Wait until every attempts table asked for so far is published (flow end, exit)."""
+    if _artifact_thread is None or not _artifact_thread.is_alive():
+        return
+    done = threading.Event()
+    _artifacts.put((None, None, None, done))
+    done.wait(timeout_s)
+
+
+def _ensure_artifact_thread() -> None:
+    global _artifact_thread
+    with _attempts_lock:
+        if _artifact_thread is None or not _artifact_thread.is_alive():
+            _artifact_thread = threading.Thread(
+                target=_publish_forever, name="headroom-artifacts", daemon=True
+            )
+            _artifact_thread.start()
+
+
+def _publish_forever() -> None:
+    while True:
+        context, rows, description, done = _artifacts.get()
+        if done is not None:
+            done.set()
+            continue
+        context.run(_create_table, rows, description)
+
+
+def _reset_artifacts_after_fork() -> None:
+    global _artifact_thread, _artifacts
+    _artifact_thread, _artifacts = None, queue.SimpleQueue()
+
+
+os.register_at_fork(after_in_child=_reset_artifacts_after_fork)
+atexit.register(flush_artifacts)
 
 
 def _server_host_limit(limits: Limits, budget: Budget) -> float:
@@ -488,6 +554,7 @@ def memory_report_hook(flow: Any, flow_run: Any, state: Any) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate
 
+    flush_artifacts()  # the tasks' attempts tables first, before the run is reported done
     try:
         limits = current_limits()
         budget = current_budget()
