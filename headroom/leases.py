@@ -2,8 +2,9 @@
 
 Prefect's ``concurrency()`` opens a new client for the acquisition, starts a renewal thread
 with its own client for every hold and releases through a third: about 90 ms per task on
-this stack, paid while a tag slot is held and idle. Here each thread keeps one client, and
-one daemon thread per process renews every live lease and gives back the ones let go.
+this stack, paid while a tag slot is held and idle. Here the process keeps one client (its
+connections stay warm), and one daemon thread renews every live lease and gives back the ones
+let go.
 
 A task that ends does not give its slots back at once: for ``KEEP_S`` its lease stays with
 the process, and the next task here asking for the same slots of the same limit takes it
@@ -50,7 +51,7 @@ class _Lease:
     kept_until: float | None = None  # let go by its task: given back then unless taken over
 
 
-_local = threading.local()
+_clients: dict[tuple[int, str | None], Any] = {}
 _lock = threading.Lock()
 _leases: dict[UUID, _Lease] = {}
 _renewer: threading.Thread | None = None
@@ -64,16 +65,17 @@ def _api() -> str | None:
 
 
 def _client() -> Any:
-    """This thread's long-lived sync client for the current API (one warm connection)."""
+    """The process's long-lived sync client for the current API (httpx clients are
+    thread-safe: every thread shares its pool of warm connections)."""
     from prefect.client.orchestration import get_client
 
     key = (os.getpid(), _api())
-    clients: dict[Any, Any] = _local.__dict__.setdefault("clients", {})
-    client = clients.get(key)
-    if client is None:
-        client = get_client(sync_client=True)
-        client.__enter__()
-        clients[key] = client
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            client = get_client(sync_client=True)
+            client.__enter__()
+            _clients[key] = client
     return client
 
 
@@ -156,11 +158,11 @@ def release(lease_id: UUID) -> None:
 
 
 @contextmanager
-def held(name: str, slots: int, lease_s: float) -> Iterator[None]:
-    """Hold ``slots`` of ``name`` for the body of the ``with``."""
+def held(name: str, slots: int, lease_s: float) -> Iterator[UUID]:
+    """Hold ``slots`` of ``name`` for the body of the ``with`` (as: the lease's id)."""
     lease_id = acquire(name, slots, lease_s)
     try:
-        yield
+        yield lease_id
     finally:
         let_go(lease_id)
 
@@ -265,7 +267,7 @@ def _after_fork() -> None:
     _lock = threading.Lock()
     _leases.clear()
     _renewer = None
-    _local.__dict__.clear()
+    _clients.clear()  # the parent's connections are not this process's to use
 
 
 os.register_at_fork(after_in_child=_after_fork)

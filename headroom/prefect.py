@@ -9,14 +9,14 @@ size, runs the body in a guarded child under the cap, and retries only out-of-me
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import inspect
 import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from uuid import UUID
@@ -52,8 +52,8 @@ MEMORY_LEASE_S = 60.0
 _attempts: dict[str, list[Attempt]] = {}
 _attempts_lock = threading.Lock()
 _host_limit_cache: dict[str, tuple[float, int]] = {}
-_artifacts: queue.SimpleQueue[tuple[Any, Any, Any, threading.Event | None]] = queue.SimpleQueue()
-_artifact_thread: threading.Thread | None = None
+# Attempts tables are published in order by one thread (see _publish_attempts).
+_artifacts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headroom-artifacts")
 
 
 @dataclass(frozen=True)
@@ -331,8 +331,10 @@ def _publish_attempts(spec: BudgetedSpec, run_id: str) -> None:
     if _in_dask_worker():  # no flow-end flush reaches a worker's queue: publish now
         _create_table(rows, description)
         return
-    _artifacts.put((contextvars.copy_context(), rows, description, None))
-    _ensure_artifact_thread()
+    try:
+        _artifacts.submit(contextvars.copy_context().run, _create_table, rows, description)
+    except RuntimeError:  # the interpreter is shutting down: no thread to hand it to
+        _create_table(rows, description)
 
 
 def _in_dask_worker() -> bool:
@@ -358,40 +360,19 @@ def _create_table(rows: list[dict[str, Any]], description: str) -> None:
 
 
 def flush_artifacts(timeout_s: float = 30.0) -> None:
-    """Wait until every attempts table asked for so far is published (flow end, exit)."""
-    if _artifact_thread is None or not _artifact_thread.is_alive():
-        return
-    done = threading.Event()
-    _artifacts.put((None, None, None, done))
-    done.wait(timeout_s)
+    """Wait until every attempts table asked for so far is published (at a flow's end; at exit
+    the executor publishes what is queued before the interpreter goes)."""
+    with contextlib.suppress(Exception):  # the interpreter is shutting down, or it took long
+        _artifacts.submit(lambda: None).result(timeout_s)
 
 
-def _ensure_artifact_thread() -> None:
-    global _artifact_thread
-    with _attempts_lock:
-        if _artifact_thread is None or not _artifact_thread.is_alive():
-            _artifact_thread = threading.Thread(
-                target=_publish_forever, name="headroom-artifacts", daemon=True
-            )
-            _artifact_thread.start()
+def _new_artifacts_executor() -> None:
+    """In a forked child the parent's publishing thread does not exist: a new executor."""
+    global _artifacts
+    _artifacts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headroom-artifacts")
 
 
-def _publish_forever() -> None:
-    while True:
-        context, rows, description, done = _artifacts.get()
-        if done is not None:
-            done.set()
-            continue
-        context.run(_create_table, rows, description)
-
-
-def _reset_artifacts_after_fork() -> None:
-    global _artifact_thread, _artifacts
-    _artifact_thread, _artifacts = None, queue.SimpleQueue()
-
-
-os.register_at_fork(after_in_child=_reset_artifacts_after_fork)
-atexit.register(flush_artifacts)
+os.register_at_fork(after_in_child=_new_artifacts_executor)
 
 
 def _server_host_limit(limits: Limits, budget: Budget) -> float:

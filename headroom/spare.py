@@ -23,13 +23,12 @@ import atexit
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 CHILD_ARGV = [sys.executable, "-m", "headroom._child", "--wait"]
@@ -56,9 +55,8 @@ _lock = threading.Lock()
 _spares: list[_Spare] = []  # oldest first
 _coming: list[tuple[dict[str, str], str, str]] = []  # spares asked for, not started yet
 _busy: list[tuple[subprocess.Popen[bytes], str]] = []  # children handed out, with their module
-_Done = Callable[[subprocess.Popen[bytes] | BaseException], None]
-_requests: queue.SimpleQueue[tuple[dict[str, str], str, _Done]] = queue.SimpleQueue()
-_starter: threading.Thread | None = None
+# One long-lived thread starts every child (see above); an executor's worker lives until exit.
+_starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headroom-spare")
 
 
 def _start(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
@@ -71,37 +69,9 @@ def _start(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _serve_requests() -> None:
-    while True:
-        env, module, done = _requests.get()
-        try:
-            started: subprocess.Popen[bytes] | BaseException = _start(env, module)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            started = exc
-        done(started)
-
-
-def _ask_starter(env: dict[str, str], module: str, done: _Done) -> None:
-    global _starter
-    with _lock:
-        if _starter is None or not _starter.is_alive():
-            _starter = threading.Thread(target=_serve_requests, name="headroom-spare", daemon=True)
-            _starter.start()
-    _requests.put((env, module, done))
-
-
 def start_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
     """A new child that imports ``module`` and waits; started by the long-lived thread."""
-    result: Future[subprocess.Popen[bytes]] = Future()
-
-    def done(started: subprocess.Popen[bytes] | BaseException) -> None:
-        if isinstance(started, BaseException):
-            result.set_exception(started)
-        else:
-            result.set_result(started)
-
-    _ask_starter(env, module, done)
-    return result.result()
+    return _starter.submit(_start, env, module).result()
 
 
 def _most_spares() -> int:
@@ -148,21 +118,23 @@ def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
         missing = max(0, wanted - have)
         _coming.extend([(env, cwd, module)] * missing)
     for _ in range(missing):
-        _ask_starter(env, module, _arrived(env, cwd, module))
+        _starter.submit(_start, env, module).add_done_callback(_arrived(env, cwd, module))
     return child
 
 
-def _arrived(env: dict[str, str], cwd: str, module: str) -> _Done:
-    def done(started: subprocess.Popen[bytes] | BaseException) -> None:
+def _arrived(
+    env: dict[str, str], cwd: str, module: str
+) -> Callable[[Future[subprocess.Popen[bytes]]], None]:
+    def done(started: Future[subprocess.Popen[bytes]]) -> None:
         dropped: list[_Spare] = []
         with _lock:
             if (env, cwd, module) in _coming:
                 _coming.remove((env, cwd, module))
-            if isinstance(started, BaseException):
+            if started.exception() is not None:
                 return  # no spare this time (e.g. out of processes); calls start their own
-            _spares.append(_Spare(started, env, cwd, module))
+            _spares.append(_Spare(started.result(), env, cwd, module))
             # Over the limit: the oldest go (spares of another module or environment first).
-            while len(_spares) > max(1, _most_spares()):
+            while len(_spares) > _most_spares():
                 old = next((s for s in _spares if not s.fits(env, cwd, module)), _spares[0])
                 _spares.remove(old)
                 dropped.append(old)
@@ -194,13 +166,13 @@ def _discard(process: subprocess.Popen[bytes]) -> None:
 
 def _forget_after_fork() -> None:
     """A forked process has no spare of its own: those it knows are its parent's children."""
-    global _starter, _lock, _requests
+    global _starter, _lock
     _lock = threading.Lock()
     _spares.clear()
     _coming.clear()
     _busy.clear()
-    _starter = None
-    _requests = queue.SimpleQueue()
+    # The parent's starter thread does not exist here, and its executor would wait for it.
+    _starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headroom-spare")
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

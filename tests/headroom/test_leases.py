@@ -41,9 +41,10 @@ def _wait_for_active(name: str, wanted: int, within_s: float) -> None:
 
 
 def test_held_slots_show_on_the_server_and_come_back(limit_name):
-    with leases.held(limit_name, 70, 60):
+    with leases.held(limit_name, 70, 60) as lease_id:
         assert _active(limit_name) == 70
-        assert len(leases.live_leases()) >= 1
+        assert lease_id in leases.live_leases()
+    assert lease_id not in leases.live_leases()  # let go: kept for the next task, not live
     _wait_for_active(limit_name, 0, leases.KEEP_S + 5)
 
 
