@@ -1,4 +1,4 @@
-"""Memory-mb slots held with a lease, through warm clients and one renewer per process.
+"""Memory-mb slots held with a lease, through one long-lived client and one renewer per process.
 
 Prefect's ``concurrency()`` opens a new client for the acquisition, starts a renewal thread
 with its own client for every hold and releases through a third: about 90 ms per task on
