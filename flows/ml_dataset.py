@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
-from flows.ml_core import TRANSACTION_COLUMNS, to_ms, write_json_atomic
+from flows.ml_core import TRANSACTION_COLUMNS, local_path, to_ms
 from headroom.errors import BadInput
-
-log = logging.getLogger(__name__)
 
 
 def read_manifest(dataset: str) -> dict[str, Any]:
@@ -99,8 +95,9 @@ def check_dataset(dataset: str, min_fraud_rows: int = 50) -> dict[str, Any]:
 
     manifest = read_manifest(dataset)
     storage = open_storage(dataset)
+    files = ordered_files(manifest)
     problems: list[str] = []
-    for entry in ordered_files(manifest):
+    for entry in files:
         size = storage.size(entry["path"])
         if size is None:
             problems.append(f"{entry['path']}: listed in manifest.json but missing")
@@ -128,7 +125,6 @@ def check_dataset(dataset: str, min_fraud_rows: int = 50) -> dict[str, Any]:
             f"dataset {dataset} failed its health check ({len(problems)} problems):\n  "
             + "\n  ".join(problems)
         )
-    files = ordered_files(manifest)
     rows = sum(int(f["rows"]) for f in files)
     min_ts = [to_ms(f["min_ts"]) for f in files if f.get("min_ts") is not None]
     max_ts = [to_ms(f["max_ts"]) for f in files if f.get("max_ts") is not None]
@@ -146,26 +142,26 @@ def check_dataset(dataset: str, min_fraud_rows: int = 50) -> dict[str, Any]:
     }
 
 
+def staged_dir(cache_root: str | Path, fingerprint: str) -> Path:
+    """Where :func:`stage_dataset` copies a remote dataset of this fingerprint."""
+    return Path(cache_root) / f"dataset-{fingerprint[:16]}"
+
+
 def stage_dataset(dataset: str, fingerprint: str, cache_root: str) -> str:
     """A local directory holding the dataset: itself when local, else a verified copy of the
     files its manifest lists (S3), streamed to ``cache_root/<fingerprint>``."""
     from headroom.storage import open_storage
 
-    if "://" not in dataset or dataset.startswith("file://"):
-        return str(Path(dataset.removeprefix("file://")).resolve())
+    local = local_path(dataset)
+    if local is not None:
+        return str(local)
     storage = open_storage(dataset)
     manifest = read_manifest(dataset)
-    target = Path(cache_root) / f"dataset-{fingerprint[:16]}"
+    target = staged_dir(cache_root, fingerprint)
     for entry in ordered_files(manifest):
         local = target / entry["path"]
         if local.exists() and local.stat().st_size == int(entry["bytes"]):
             continue
-        local.parent.mkdir(parents=True, exist_ok=True)
-        temporary = local.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{local.name}")
-        with storage.filesystem.open_input_stream(storage.path(entry["path"])) as source:
-            with open(temporary, "wb") as sink:
-                while block := source.read(8 << 20):
-                    sink.write(block)
-        os.replace(temporary, local)
-    write_json_atomic(target / "manifest.json", manifest)
+        storage.get_file(entry["path"], local)
+    open_storage(target).write_json("manifest.json", manifest)
     return str(target)

@@ -12,31 +12,46 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flows.ml_core import FEATURES, HOUR_MS, LOOKBACK_MS, NIGHT_HOURS, to_ms, write_json_atomic
+from flows.ml_core import FEATURES, HOUR_MS, LOOKBACK_MS, NIGHT_HOURS, to_ms
 from flows.ml_dataset import ordered_files, read_manifest
 from headroom.errors import BadInput
+from headroom.guard import current_cap_mb
+from headroom.storage import TMP_MARK, open_storage
 from headroom.units import duckdb_limit
 
 log = logging.getLogger(__name__)
 
 
-def guard_cap_mb(default: float = 1024.0) -> float:
-    """The cap of the guarded child this runs in ($HEADROOM_CAP_MB, set by headroom's guard)."""
-    try:
-        return float(os.environ["HEADROOM_CAP_MB"])
-    except (KeyError, ValueError):
-        return default
+# The cap when a step runs outside a guarded child (a test, a notebook).
+DEFAULT_CAP_MB = 1024.0
+
+
+def step_cap_mb(cap_mb: float | None) -> float:
+    """The cap given, else the guarded child's (set by headroom's guard), else the default."""
+    return cap_mb or current_cap_mb() or DEFAULT_CAP_MB
+
+
+def _duckdb_memory_mb(cap_mb: float) -> int:
+    # DuckDB's limit covers its buffer pool, not Python, Arrow buffers or allocator slack.
+    return max(64, int(cap_mb * 0.5))
+
+
+def duckdb_threads(cap_mb: float) -> int:
+    """Threads for DuckDB under ``cap_mb``: about 200 MiB of working memory per thread keeps
+    window and sort operators from thrashing."""
+    return max(1, min(os.cpu_count() or 1, int(_duckdb_memory_mb(cap_mb) // 200) or 1))
+
+
+def features_complete(features_dir: str | Path) -> bool:
+    """Whether ``features_dir`` holds a whole feature table (its summary is written last)."""
+    return Path(features_dir, "_features.json").is_file()
 
 
 def duckdb_settings(cap_mb: float, temp_dir: str) -> dict[str, Any]:
     """DuckDB memory_limit, threads and spill directory for a process capped at ``cap_mb``."""
-    # DuckDB's limit covers its buffer pool, not Python, Arrow buffers or allocator slack.
-    memory_mb = max(64, int(cap_mb * 0.5))
-    # About 200 MiB of working memory per thread keeps window and sort operators from thrashing.
-    threads = max(1, min(os.cpu_count() or 1, int(memory_mb // 200) or 1))
     return {
-        "memory_limit": duckdb_limit(memory_mb),
-        "threads": threads,
+        "memory_limit": duckdb_limit(_duckdb_memory_mb(cap_mb)),
+        "threads": duckdb_threads(cap_mb),
         "temp_directory": temp_dir,
         "preserve_insertion_order": False,
     }
@@ -159,13 +174,13 @@ def build_features(
     """Compute the feature table of a local dataset into ``features_dir`` (Parquet parts plus
     ``_features.json``), batch by batch, published as a whole directory."""
     started = time.monotonic()
-    cap = cap_mb or guard_cap_mb()
+    cap = step_cap_mb(cap_mb)
     root = Path(dataset_dir)
     files = ordered_files(read_manifest(str(root)))
     paths = {f["path"]: str((root / f["path"]).resolve()) for f in files}
     final = Path(features_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    building = final.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{final.name}")
+    building = final.with_name(f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{final.name}")
     building.mkdir()
     scratch = building / ".duckdb"
     con = connect_duckdb(cap, str(scratch / "spill"), str(scratch / "work.duckdb"))
@@ -228,7 +243,7 @@ def build_features(
         "rows_per_batch": rows_per_batch,
         "seconds": round(time.monotonic() - started, 2),
     }
-    write_json_atomic(building / "_features.json", summary)
+    open_storage(building).write_json("_features.json", summary)
     # Old features step aside (a rename) before the new ones take the name (another): nothing
     # ever finds a half-deleted or half-written set under it, only a complete one or, between
     # the two renames, none, which the step's output check treats as "not built yet".
@@ -244,7 +259,7 @@ def build_features_task(
     dataset_dir: str, features_dir: str, fingerprint: str, rows_per_batch: int = 2_000_000
 ) -> dict[str, Any]:
     """:func:`build_features` under the cap of the guarded child (fingerprint: cache key)."""
-    return build_features(dataset_dir, features_dir, rows_per_batch, cap_mb=guard_cap_mb())
+    return build_features(dataset_dir, features_dir, rows_per_batch)
 
 
 # ---------------------------------------------------------------------------------------------

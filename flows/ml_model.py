@@ -3,7 +3,6 @@ ROC-AUC, recall at an alert rate, per fraud scenario. No prefect here."""
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import pickle
@@ -20,16 +19,14 @@ from flows.ml_core import (
     NUMERIC_FEATURES,
     PIPELINE_VERSION,
     iso,
-    write_json_atomic,
 )
-from flows.ml_features import connect_duckdb, duckdb_settings, guard_cap_mb
+from flows.ml_features import connect_duckdb, duckdb_threads, features_complete, step_cap_mb
 from headroom.errors import BadInput
-
-log = logging.getLogger(__name__)
+from headroom.storage import open_storage
 
 
 def _parts(features_dir: str) -> str:
-    if not Path(features_dir, "_features.json").exists():
+    if not features_complete(features_dir):
         raise BadInput(f"features {features_dir}: no _features.json (features not complete)")
     return str(Path(features_dir) / "part-*.parquet").replace("'", "''")
 
@@ -69,7 +66,7 @@ def train_model(
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     started = time.monotonic()
-    cap = cap_mb or guard_cap_mb()
+    cap = step_cap_mb(cap_mb)
     parts = _parts(features_dir)
     scratch = Path(model_path).parent / f".duckdb-{uuid.uuid4().hex[:8]}"
     con = connect_duckdb(cap / 2, str(scratch))
@@ -134,7 +131,7 @@ def train_model(
 
     # OpenMP threads that find their cores busy spin and slow the fit down several times (seen
     # here: 1 thread 1.5 s, 2 threads 4.6 s on a shared 2-core machine): use half the cores.
-    threads = max(1, min(duckdb_settings(cap, str(scratch))["threads"], (os.cpu_count() or 1) // 2))
+    threads = max(1, min(duckdb_threads(cap), (os.cpu_count() or 1) // 2))
     with threadpool_limits(limits=threads):
         model.fit(matrix, labels, sample_weight=weights)
     bundle = {
@@ -144,11 +141,9 @@ def train_model(
         "train_end_ms": int(train_end_ms),
         "pipeline_version": PIPELINE_VERSION,
     }
-    Path(model_path).parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(model_path).with_name(f".tmp-{uuid.uuid4().hex[:8]}-{Path(model_path).name}")
-    with open(temporary, "wb") as handle:
-        pickle.dump(bundle, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(temporary, model_path)
+    with open_storage(Path(model_path).parent).atomic_output(Path(model_path).name) as temporary:
+        with open(temporary, "wb") as handle:
+            pickle.dump(bundle, handle, protocol=pickle.HIGHEST_PROTOCOL)
     return {
         "model_path": model_path,
         "train_rows": int(train_rows),
@@ -171,14 +166,10 @@ def train_model_task(
     rows_sampled: int = 1_000_000,
 ) -> dict[str, Any]:
     """:func:`train_model` under the cap of the guarded child (fingerprint: cache key)."""
-    return train_model(
-        features_dir, model_path, train_end_ms, model_params, seed, rows_sampled, guard_cap_mb()
-    )
+    return train_model(features_dir, model_path, train_end_ms, model_params, seed, rows_sampled)
 
 
-def recall_at_alert_rate(
-    scores: Any, labels: Any, alert_rate: float, ids: Any = None
-) -> tuple[Any, int]:
+def recall_at_alert_rate(scores: Any, alert_rate: float, ids: Any = None) -> tuple[Any, int]:
     """(mask of alerted rows, alert count): the top ``alert_rate`` share of rows by score, ties
     broken by transaction id so that the rows' order does not matter."""
     import numpy as np
@@ -201,7 +192,7 @@ def metrics_of(
     fraud = int(labels.sum())
     if fraud == 0 or fraud == len(labels):
         raise BadInput(f"test period has {fraud} fraud rows of {len(labels)}: cannot evaluate")
-    flagged, alerts = recall_at_alert_rate(scores, labels, alert_rate, ids)
+    flagged, alerts = recall_at_alert_rate(scores, alert_rate, ids)
     result: dict[str, Any] = {
         "rows": int(len(labels)),
         "fraud_rows": fraud,
@@ -252,7 +243,7 @@ def evaluate_model(
     from threadpoolctl import threadpool_limits
 
     started = time.monotonic()
-    cap = cap_mb or guard_cap_mb()
+    cap = step_cap_mb(cap_mb)
     with open(model_path, "rb") as handle:
         bundle = pickle.load(handle)
     parts = _parts(features_dir)
@@ -281,17 +272,18 @@ def evaluate_model(
     if not scores:
         raise BadInput(f"test_start={iso(test_start_ms)}: no transactions from it on")
     # PR-AUC and ROC-AUC do not depend on the order; sort by id anyway for exact sums.
-    order = np.argsort(np.concatenate(ids), kind="stable")
+    all_ids = np.concatenate(ids)
+    order = np.argsort(all_ids, kind="stable")
     metrics = metrics_of(
         np.concatenate(scores)[order],
         np.concatenate(labels)[order],
         np.concatenate(scenarios)[order],
         alert_rate,
-        np.concatenate(ids)[order],
+        all_ids[order],
     )
     metrics["test_start"] = iso(test_start_ms)
     metrics["seconds"] = round(time.monotonic() - started, 2)
-    write_json_atomic(Path(metrics_path), metrics)
+    open_storage(Path(metrics_path).parent).write_json(Path(metrics_path).name, metrics)
     return metrics
 
 
@@ -312,7 +304,6 @@ def evaluate_model_task(
         metrics_path,
         alert_rate,
         rows_per_batch,
-        guard_cap_mb(),
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from flows import ml_core, ml_dataset, ml_features, ml_model, ml_registry
+from flows import ml_core, ml_dataset, ml_features, ml_model, ml_params, ml_registry
 from headroom import Chunking
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
 
@@ -40,10 +40,6 @@ def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 STEP_CACHE = CachePolicy.from_cache_key_fn(step_cache_key)
-
-
-def _features_done(path: str) -> bool:
-    return Path(path, "_features.json").is_file()
 
 
 def _registered(out: str, version: str) -> bool:
@@ -101,14 +97,13 @@ def register_model(
     out: str,
     version: str,
     model_path: str,
-    metrics_path: str,
+    metrics: dict[str, Any],
     training: dict[str, Any],
     health: dict[str, Any],
     params: dict[str, Any],
     split: dict[str, str],
 ) -> dict[str, Any]:
     """Publish the model version into the registry; returns its version, location and card."""
-    metrics = json.loads(Path(metrics_path).read_text())
     return ml_registry.register_model(
         out, version, model_path, metrics, training, health, params, split
     )
@@ -146,7 +141,7 @@ def train_fraud_model(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Check a fraud_synth dataset, build features, train, evaluate and register a model."""
-    params = ml_core.TrainParams(
+    params = ml_params.TrainParams(
         dataset=dataset,
         out=out,
         train_end=train_end,
@@ -178,23 +173,22 @@ def train_fraud_model(
         f"{health['fraud_rows']:,}",
         fingerprint[:16],
     )
-    train_end_ms, test_start_ms = ml_core.resolve_split(
+    train_end_ms, test_start_ms = ml_params.resolve_split(
         params, health["min_ts_ms"], health["max_ts_ms"]
     )
     split = {"train_end": ml_core.iso(train_end_ms), "test_start": ml_core.iso(test_start_ms)}
-    dataset_dir = params.dataset
-    if "://" in params.dataset and not params.dataset.startswith("file://"):
-        staged = work / f"dataset-{fingerprint[:16]}"
+    local = ml_core.local_path(params.dataset)
+    if local is not None:
+        dataset_dir = str(local)
+    else:
         dataset_dir = _run(
             stage_dataset,
             states,
-            output_done=(staged / "manifest.json").is_file(),
+            output_done=(ml_dataset.staged_dir(work, fingerprint) / "manifest.json").is_file(),
             dataset=params.dataset,
             fingerprint=fingerprint,
             cache_root=str(work),
         )
-    else:
-        dataset_dir = str(Path(params.dataset.removeprefix("file://")).resolve())
 
     model_params = params.model_params()
     version = ml_registry.model_version(fingerprint, model_params, split, params.seed)
@@ -204,7 +198,7 @@ def train_fraud_model(
     features = _run(
         build_features,
         states,
-        output_done=_features_done(features_dir),
+        output_done=ml_features.features_complete(features_dir),
         dataset_dir=dataset_dir,
         features_dir=features_dir,
         fingerprint=fingerprint,
@@ -241,7 +235,7 @@ def train_fraud_model(
         out=params.out,
         version=version,
         model_path=training["model_path"],
-        metrics_path=metrics_path,
+        metrics=metrics,
         training=training,
         health=health,
         params={**model_params, "seed": params.seed, "alert_rate": params.alert_rate},

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from flows.ml_core import FEATURES, MODEL_NAME, PIPELINE_VERSION
-
-log = logging.getLogger(__name__)
 
 
 def model_card(
@@ -90,13 +87,7 @@ def register_model(
 
     storage = open_storage(out)
     prefix = f"{MODEL_NAME}/{version}"
-    with storage.atomic_output(f"{prefix}/model.pkl") as temporary:
-        with (
-            open(model_path, "rb") as source,
-            storage.filesystem.open_output_stream(temporary) as sink,
-        ):
-            while block := source.read(8 << 20):
-                sink.write(block)
+    storage.put_file(model_path, f"{prefix}/model.pkl")
     card = model_card(version, health, metrics, training, params, split)
     storage.write_json(f"{prefix}/metrics.json", metrics)
     storage.write_json(f"{prefix}/features.json", {"features": list(FEATURES)})

@@ -7,9 +7,11 @@ that dies mid-file therefore never leaves a readable half under a final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +95,28 @@ class Storage:
         else:
             self.filesystem.copy_file(temporary, final)
             self.filesystem.delete_file(temporary)
+
+    def put_file(self, local: str | os.PathLike[str], relative: str) -> None:
+        """Copy a finished local file to ``relative``, published atomically."""
+        with self.atomic_output(relative) as temporary:
+            with self.filesystem.open_output_stream(temporary) as sink, open(local, "rb") as source:
+                shutil.copyfileobj(source, sink, 8 << 20)
+
+    def get_file(self, relative: str, local: str | os.PathLike[str]) -> None:
+        """Copy ``relative`` to a local path, which appears only once complete."""
+        target = os.fspath(local)
+        directory, name = os.path.split(target)
+        os.makedirs(directory or ".", exist_ok=True)
+        temporary = os.path.join(directory, f"{TMP_MARK}{uuid.uuid4().hex[:12]}-{name}")
+        try:
+            with self.filesystem.open_input_stream(self.path(relative)) as source:
+                with open(temporary, "wb") as sink:
+                    shutil.copyfileobj(source, sink, 8 << 20)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def write_json(self, relative: str, document: Any) -> None:
         """Write a small JSON document atomically."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import CANONICAL_COLUMNS, IsoParseError, Market, canonical_schema
-from flows.iso_lmp.onepass import OnePass, copy_to_storage
+from flows.iso_lmp.onepass import OnePass
 from headroom._child import oom_kind
 from headroom.guard import duckdb_share
 
@@ -477,7 +477,7 @@ def publish_partition(
         ready = written.take(market, month, in_order, {p: m for p, m in staged})
     if ready is not None:
         local, rows, checksum = ready
-        copy_to_storage(local, storage, data)
+        storage.put_file(local, data)
     elif in_order is not None:
         rows, checksum = _write_parquet(
             storage, data, _concatenated(in_order, rows_per_chunk), rows_per_chunk

@@ -214,12 +214,4 @@ def _remove_orphans(root: Path) -> None:
             continue
 
 
-def copy_to_storage(local: Path, storage: Any, relative: str) -> None:
-    """Copy a finished local file to ``relative`` in the dataset, atomically."""
-    with storage.atomic_output(relative) as temporary:
-        with storage.filesystem.open_output_stream(temporary) as stream:
-            with open(local, "rb") as source:
-                shutil.copyfileobj(source, stream, 1 << 20)
-
-
-__all__ = ["OnePass", "RowGroups", "copy_to_storage", "row_groups"]
+__all__ = ["OnePass", "RowGroups", "row_groups"]
