@@ -41,7 +41,6 @@ from flows.fraud_synth_spec import (
     SCHEMA_VERSION,
     DatasetSpec,
     dictionary_array,
-    from_numpy,
     plan_dataset,
     transaction_schema,
 )
@@ -57,6 +56,7 @@ from flows.fraud_synth_world import (
     reference_tables,
     uniform_points,
 )
+from flows.stream_arrow import column
 from headroom.errors import BadInput
 
 if TYPE_CHECKING:
@@ -274,17 +274,12 @@ def _to_batch(columns: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBat
     for arrow_field in schema:
         values = columns[arrow_field.name]
         if arrow_field.name in DICTIONARY_COLUMNS:
-            indices = from_numpy(values.astype(np.int32), pa.int32())
+            indices = column(values.astype(np.int32))
             arrays.append(
                 pa.DictionaryArray.from_arrays(indices, dictionary_array(arrow_field.name))
             )
-        elif values.dtype == np.bool_:
-            bits = np.packbits(values, bitorder="little")
-            arrays.append(
-                pa.Array.from_buffers(pa.bool_(), values.size, [None, pa.py_buffer(bits)])
-            )
         else:
-            arrays.append(from_numpy(values, arrow_field.type))
+            arrays.append(column(values, arrow_field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

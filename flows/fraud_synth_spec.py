@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from headroom.errors import BadInput
 
 if TYPE_CHECKING:
@@ -54,6 +52,7 @@ BYTES_PER_TRANSACTION = {"zstd": 19.0, "snappy": 22.0, "lz4": 22.0, "gzip": 19.0
 COMPRESSIONS = tuple(BYTES_PER_TRANSACTION)
 
 
+@functools.cache
 def transaction_schema() -> pa.Schema:
     """The Arrow schema of the transaction files (fraud-schema.md)."""
     import pyarrow as pa
@@ -187,14 +186,6 @@ def transactions_for_size(size_bytes: int, compression: str) -> int:
     return max(1, round(size_bytes / BYTES_PER_TRANSACTION[compression]))
 
 
-def from_numpy(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
-    """Zero-copy Arrow array (``pa.array`` would import pandas: 0.3 s per child)."""
-    import pyarrow as pa
-
-    values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(arrow_type, values.size, [None, pa.py_buffer(values)])
-
-
 def dictionary_array(name: str) -> pa.Array:
     """The fixed dictionary of one dictionary column of the transaction schema."""
     return string_array(DICTIONARY_COLUMNS[name])
@@ -202,11 +193,7 @@ def dictionary_array(name: str) -> pa.Array:
 
 @functools.cache
 def string_array(values: tuple[str, ...]) -> pa.Array:
-    """An Arrow string array of ``values``, built from buffers (``pa.array`` imports pandas)."""
-    import pyarrow as pa
+    """An Arrow string array of ``values`` (built once per dictionary)."""
+    from flows.stream_arrow import strings
 
-    data = "".join(values).encode()
-    offsets = np.concatenate([[0], np.cumsum([len(v.encode()) for v in values])]).astype(np.int32)
-    return pa.Array.from_buffers(
-        pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
+    return strings(list(values))

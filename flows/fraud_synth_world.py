@@ -25,8 +25,6 @@ from flows.fraud_synth_spec import (
     NIGHT_HOURS,
     PROFILES,
     DatasetSpec,
-    from_numpy,
-    string_array,
 )
 
 if TYPE_CHECKING:
@@ -365,12 +363,7 @@ def reference_tables(world: World) -> Iterator[tuple[str, pa.Table]]:
     """
     import pyarrow as pa
 
-    def dictionary(codes: np.ndarray, values: tuple[str, ...]) -> pa.DictionaryArray:
-        indices = from_numpy(codes.astype(np.int32), pa.int32())
-        return pa.DictionaryArray.from_arrays(indices, string_array(values))
-
-    def table(columns: dict[str, pa.Array]) -> pa.Table:
-        return pa.Table.from_arrays(list(columns.values()), names=list(columns))
+    from flows.stream_arrow import column, dictionary, table
 
     _, people, _ = _draw_customers(world.spec)  # re-drawn here so writers need not keep them
     n = world.spec.customers
@@ -378,13 +371,13 @@ def reference_tables(world: World) -> Iterator[tuple[str, pa.Table]]:
         "customers",
         table(
             {
-                "customer_id": from_numpy(np.arange(n, dtype=np.int64), pa.int64()),
-                "home_latitude": from_numpy(people.home_lat, pa.float32()),
-                "home_longitude": from_numpy(people.home_lon, pa.float32()),
+                "customer_id": column(np.arange(n, dtype=np.int64), pa.int64()),
+                "home_latitude": column(people.home_lat, pa.float32()),
+                "home_longitude": column(people.home_lon, pa.float32()),
                 "profile": dictionary(people.profile, PROFILES),
-                "mean_amount": from_numpy(people.mean_amount, pa.float64()),
-                "std_amount": from_numpy(people.std_amount, pa.float64()),
-                "mean_tx_per_day": from_numpy(people.rate.astype(np.float32), pa.float32()),
+                "mean_amount": column(people.mean_amount, pa.float64()),
+                "std_amount": column(people.std_amount, pa.float64()),
+                "mean_tx_per_day": column(people.rate.astype(np.float32), pa.float32()),
             }
         ),
     )
@@ -397,9 +390,9 @@ def reference_tables(world: World) -> Iterator[tuple[str, pa.Table]]:
         "devices",
         table(
             {
-                "device_id": from_numpy(np.arange(world.devices, dtype=np.int64), pa.int64()),
+                "device_id": column(np.arange(world.devices, dtype=np.int64), pa.int64()),
                 # Fraudster devices belong to no customer: owner -1.
-                "customer_id": from_numpy(
+                "customer_id": column(
                     np.concatenate([owners, np.full(fraudsters, -1, dtype=np.int64)]), pa.int64()
                 ),
                 "kind": dictionary(
@@ -414,12 +407,10 @@ def reference_tables(world: World) -> Iterator[tuple[str, pa.Table]]:
         "merchants",
         table(
             {
-                "merchant_id": from_numpy(
-                    np.arange(world.spec.merchants, dtype=np.int64), pa.int64()
-                ),
+                "merchant_id": column(np.arange(world.spec.merchants, dtype=np.int64), pa.int64()),
                 "merchant_category": dictionary(world.merchant_category, CATEGORIES),
-                "latitude": from_numpy(world.merchant_lat, pa.float32()),
-                "longitude": from_numpy(world.merchant_lon, pa.float32()),
+                "latitude": column(world.merchant_lat, pa.float32()),
+                "longitude": column(world.merchant_lon, pa.float32()),
             }
         ),
     )

@@ -48,7 +48,6 @@ from flows.mitma_od_schema import (
     CSV_TYPES,
     LOADS_TABLE,
     SILVER_VIEW,
-    TMP_PREFIX,
     ZONE_TYPES,
     ZoneType,
     identifier,
@@ -56,6 +55,7 @@ from flows.mitma_od_schema import (
 )
 from flows.mitma_od_schema import check_zone_type as _check_zone_type
 from headroom.errors import BadInput
+from headroom.storage import TMP_MARK
 
 __all__ = [
     "BRONZE_TABLE",
@@ -64,7 +64,6 @@ __all__ = [
     "CSV_TYPES",
     "LOADS_TABLE",
     "SILVER_VIEW",
-    "TMP_PREFIX",
     "ZONE_TYPES",
     "BadInput",
     "DailyFile",
@@ -437,7 +436,7 @@ def remove_stale_temporaries(*roots: str | os.PathLike[str]) -> list[str]:
             continue
         for path in sorted(base.rglob("*")):
             name = path.name
-            if not (name.startswith(TMP_PREFIX) or name.startswith("duckdb-")):
+            if not (name.startswith(TMP_MARK) or name.startswith("duckdb-")):
                 continue
             if _owner_alive(name):
                 continue

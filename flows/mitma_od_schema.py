@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from headroom.errors import BadInput
+from headroom.storage import TMP_MARK
 
 ZONE_TYPES = ("distritos", "municipios", "GAU")
 ZoneType = Literal["distritos", "municipios", "GAU"]
@@ -70,7 +71,6 @@ BRONZE_TYPES = {
     "zone_type": "VARCHAR",
     "source_file": "VARCHAR",
 }
-TMP_PREFIX = ".tmp-"
 # ENUM to analytical type without going through text: the hour ENUM lists '00'..'23' then
 # '0'..'9'; the si/no ENUM has 'si' first.
 STAGE_EXPRESSIONS = {
@@ -98,4 +98,4 @@ def check_zone_type(zone_type: str) -> None:
 def temporary_name(final: Path) -> Path:
     """A sibling temporary path for ``final``; names the writing process so that the next run
     can tell the leftovers of a killed writer from the files of a live one."""
-    return final.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}")
+    return final.with_name(f"{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}")

@@ -15,6 +15,7 @@ import numpy as np
 _NUMPY_TO_ARROW = {
     np.dtype(np.int64): "int64",
     np.dtype(np.int32): "int32",
+    np.dtype(np.float32): "float32",
     np.dtype(np.float64): "float64",
 }
 
@@ -60,18 +61,21 @@ def labels(array: Any) -> list[str]:
     ]
 
 
-def column(values: np.ndarray) -> Any:
-    """A null-free Arrow array over an int64/int32/float64/bool numpy array."""
+def column(values: np.ndarray, arrow_type: Any = None) -> Any:
+    """A null-free Arrow array over an int64/int32/float32/float64/bool numpy array, or over
+    any numpy array whose bytes already are the fixed-width ``arrow_type`` (a timestamp)."""
     import pyarrow as pa
 
     values = np.ascontiguousarray(values)
     if values.dtype == bool:
         bits = np.packbits(values, bitorder="little")
         return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
-    name = _NUMPY_TO_ARROW.get(values.dtype)
-    if name is None:
-        raise TypeError(f"no Arrow column for numpy {values.dtype}")
-    return pa.Array.from_buffers(getattr(pa, name)(), len(values), [None, pa.py_buffer(values)])
+    if arrow_type is None:
+        name = _NUMPY_TO_ARROW.get(values.dtype)
+        if name is None:
+            raise TypeError(f"no Arrow column for numpy {values.dtype}")
+        arrow_type = getattr(pa, name)()
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
 def strings(values: list[str]) -> Any:
