@@ -185,9 +185,10 @@ def convert_file(
     try:
         for table in fmt.read(source, kind, rows_per_chunk):
             rows += table.num_rows
-            keys.add(table)
-            for month, part in _by_month(table):
-                _widen(spans, month, part)
+            starts = _starts_us(table)
+            keys.add(table, starts)
+            for month, part, low, high in _by_month(table, starts):
+                _widen(spans, month, low, high)
                 if month not in writers:
                     # Local and short-lived, read whole by publication: no compression and
                     # no statistics; dictionaries only for the repetitive text columns.
@@ -234,35 +235,41 @@ def _months(directory: Path) -> list[str]:
     return [p.stem for p in directory.glob("*.parquet")]
 
 
-def _by_month(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
-    """Split a table by the UTC month (``YYYY-MM``) of its interval starts."""
+def _starts_us(table: pa.Table) -> np.ndarray:
+    """The chunk's interval starts as int64 microseconds (its canonical unit), converted once."""
+    import pyarrow as pa
+
+    return table.column("interval_start_utc").combine_chunks().cast(pa.int64()).to_numpy()
+
+
+def _by_month(table: pa.Table, starts: np.ndarray) -> Iterator[tuple[str, pa.Table, int, int]]:
+    """Split a table by the UTC month (``YYYY-MM``) of its interval starts: (month, rows, first
+    and last start in us)."""
     import numpy as np
     import pyarrow as pa
 
-    starts = table.column("interval_start_utc").combine_chunks().cast(pa.int64()).to_numpy()
-    if len(starts):  # most chunks lie in one month: tell from the ends, not a sort of all
-        ends = np.array([starts.min(), starts.max()]).astype("datetime64[us]")
-        first, last = ends.astype("datetime64[M]")
-        if first == last:
-            yield str(first), table
-            return
-    months = starts.astype("datetime64[us]").astype("datetime64[M]")
-    distinct = np.unique(months)
-    if len(distinct) == 1:
-        yield str(distinct[0]), table
+    if not len(starts):
         return
-    for month in distinct:
-        yield str(month), table.filter(pa.array(months == month))
+    low, high = int(starts.min()), int(starts.max())
+    # Most chunks lie in one month: tell from the ends, not a conversion of every start.
+    first, last = np.array([low, high]).astype("datetime64[us]").astype("datetime64[M]")
+    if first == last:
+        yield str(first), table, low, high
+        return
+    months = starts.astype("datetime64[us]").astype("datetime64[M]")
+    for month in np.unique(months):
+        inside = months == month
+        yield (
+            str(month),
+            table.filter(pa.array(inside)),
+            int(starts[inside].min()),
+            int(starts[inside].max()),
+        )
 
 
-def _widen(spans: dict[str, list[int]], month: str, table: pa.Table) -> None:
+def _widen(spans: dict[str, list[int]], month: str, low: int, high: int) -> None:
     """Keep each month's first and last interval start (us): publication skips the
     de-duplication when no two files' spans overlap."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    bounds = pc.min_max(table.column("interval_start_utc").cast(pa.timestamp("us")).cast("int64"))
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
     span = spans.setdefault(month, [low, high])
     span[0], span[1] = min(span[0], low), max(span[1], high)
 
@@ -290,7 +297,8 @@ class DuplicateKeys:
         self.revised = False
         """Whether a (location, interval) comes in more than one revision."""
 
-    def add(self, table: pa.Table) -> None:
+    def add(self, table: pa.Table, starts: np.ndarray) -> None:
+        """One chunk's keys (``starts``: its interval starts in us, see :func:`_starts_us`)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -312,12 +320,11 @@ class DuplicateKeys:
             found = pc.index_in(distinct, value_set=self.names)
         codes = found.to_numpy().astype(np.int64)
         position = encoded.indices.to_numpy()
-        utc = table.column("interval_start_utc").combine_chunks().cast(pa.int64()).to_numpy()
         self.parts.append(
             np.stack(
                 [
                     codes[position],
-                    utc,
+                    starts,
                     table.column("_revision").to_numpy(),
                     table.column("_line").to_numpy(),
                 ]
