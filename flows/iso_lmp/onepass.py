@@ -129,7 +129,6 @@ class OnePass:
         self.root = root / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.rows_per_chunk = rows_per_chunk
         self.partitions: dict[tuple[str, str], _Partition] = {}
-        self.refused: set[tuple[str, str]] = set()
         self.failed_markets: set[str] = set()
         self.begun: dict[tuple[str, str], tuple[int, int]] = {}
 
@@ -144,7 +143,7 @@ class OnePass:
     def add(self, market: str, month: str, source: str, table: pa.Table) -> None:
         """Rows of raw file ``source`` staged for (market, month), in staging order."""
         key = (market, month)
-        if key in self.refused or market in self.failed_markets:
+        if market in self.failed_markets:
             return
         partition = self.partitions.get(key)
         if partition is None:
@@ -158,7 +157,7 @@ class OnePass:
         """A file of ``market`` failed after some of its rows may have gone by."""
         self.failed_markets.add(market)
         for key in [k for k in self.partitions if k[0] == market]:
-            self._refuse(key)
+            self.partitions.pop(key).drop()
 
     def take(
         self, market: str, month: str, in_order: list[Path], markers: dict[Path, dict[str, Any]]
@@ -184,12 +183,6 @@ class OnePass:
             partition.drop()
         self.partitions.clear()
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def _refuse(self, key: tuple[str, str]) -> None:
-        self.refused.add(key)
-        partition = self.partitions.pop(key, None)
-        if partition is not None:
-            partition.drop()
 
     def _bound_memory(self, current: tuple[str, str]) -> None:
         """Hold at most about one chunk of rows waiting in all partitions together: past
