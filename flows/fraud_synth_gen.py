@@ -423,7 +423,7 @@ def write_transaction_file(
     hasher = hashlib.sha256()
     tally = np.zeros(len(SCENARIOS), dtype=np.int64)
     relative = part_path(index)
-    _remove_own_temporaries(storage, relative)
+    storage.remove_temporaries(of=relative)  # a killed earlier attempt's, before a retry
     min_ts = max_ts = None
     with storage.atomic_output(relative) as temporary:
         with pq.ParquetWriter(
@@ -455,21 +455,6 @@ def write_transaction_file(
     storage.write_json(sidecar_path(index), entry)
     log.info("wrote %s: %d rows, %d bytes", relative, rows, entry["bytes"])
     return entry
-
-
-def _remove_own_temporaries(storage: Storage, relative: str) -> None:
-    """Delete what a killed earlier attempt at this same file left (before a retry)."""
-    import posixpath
-
-    import pyarrow.fs as pafs
-
-    from headroom.storage import TMP_MARK
-
-    directory, name = posixpath.split(storage.path(relative))
-    selector = pafs.FileSelector(directory, allow_not_found=True)
-    for info in storage.filesystem.get_file_info(selector):
-        if info.base_name.startswith(TMP_MARK) and info.base_name.endswith(f"-{name}"):
-            storage.filesystem.delete_file(info.path)
 
 
 def _ballast(n_bytes: int) -> np.ndarray | None:

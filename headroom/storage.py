@@ -131,16 +131,27 @@ class Storage:
         with self.filesystem.open_input_stream(self.path(relative)) as stream:
             return json.loads(stream.read().decode())
 
-    def remove_temporaries(self, relative: str = "") -> list[str]:
-        """Delete temporary files that killed writers left behind; returns their paths."""
+    def remove_temporaries(self, relative: str = "", *, of: str | None = None) -> list[str]:
+        """Delete temporary files that killed writers left behind, under ``relative`` (or only
+        those of the one file ``of``, before it is written again); returns their paths."""
         import pyarrow.fs as pafs
 
-        selector = pafs.FileSelector(
-            self.path(relative) if relative else self.root, recursive=True, allow_not_found=True
-        )
+        suffix = ""
+        if of is not None:
+            directory, name = posixpath.split(self.path(of))
+            selector = pafs.FileSelector(directory, allow_not_found=True)
+            suffix = f"-{name}"
+        else:
+            where = self.path(relative) if relative else self.root
+            selector = pafs.FileSelector(where, recursive=True, allow_not_found=True)
         removed = []
         for info in self.filesystem.get_file_info(selector):
-            if info.type == pafs.FileType.File and info.base_name.startswith(TMP_MARK):
+            name = info.base_name
+            if (
+                info.type == pafs.FileType.File
+                and name.startswith(TMP_MARK)
+                and name.endswith(suffix)
+            ):
                 self._delete_quietly(info.path)
                 removed.append(info.path)
         return removed
