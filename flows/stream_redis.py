@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from flows.stream_events import FIELDS, KEY_FIELDS, EventBatch, batch_from_columns, concat_batches
-from flows.stream_resp import Entries, RespConnection, RespError, _encode_command
+from flows.stream_resp import Entries, RespConnection, RespError, _encode_command, xack_head
 from flows.stream_resp_bulk import ParsedEntries
 from headroom.errors import BadInput
 
@@ -166,8 +166,7 @@ class RedisStreamSource:
     def _to_batch(self, entries: Entries | ParsedEntries) -> EventBatch:
         """Numpy columns from raw values; entries whose values do not parse become rejects."""
         if isinstance(entries, ParsedEntries):
-            head = _encode_command("XACK", self.stream, self.group)
-            ack = b"*%d\r\n" % (3 + entries.count) + head.split(b"\r\n", 1)[1] + entries.ack_args
+            ack = xack_head(self.stream, self.group, entries.count) + entries.ack_args
             columns = dict(entries.columns)
             columns["is_fraud"] = columns["is_fraud"] != 0
             return batch_from_columns(entries.id_hi, entries.id_lo, columns, ack=ack)

@@ -34,6 +34,12 @@ def _encode_command(*args: Any) -> bytes:
     return b"".join(parts)
 
 
+def xack_head(stream: str, group: str, ids: int) -> bytes:
+    """The start of an XACK of ``ids`` entries, up to the first id's own length prefix."""
+    head = _encode_command("XACK", stream, group)
+    return b"*%d\r\n" % (3 + ids) + head.split(b"\r\n", 1)[1]
+
+
 def _entry_pattern(fields: tuple[str, ...]) -> re.Pattern[bytes]:
     body = b"".join(
         rb"\$\d+\r\n" + re.escape(name.encode()) + rb"\r\n\$\d+\r\n([^\r\n]*)\r\n"
@@ -219,13 +225,7 @@ class Entries:
         """XACK for every entry here, rejected ones included, built without a Python loop."""
         ids = self.ids + self.acked
         lengths = [b"$%d" % len(i) for i in ids]
-        head = _encode_command("XACK", stream, group)
         interleaved: list[bytes] = [b""] * (2 * len(ids))
         interleaved[0::2] = lengths
         interleaved[1::2] = ids
-        return (
-            b"*%d\r\n" % (3 + len(ids))
-            + head.split(b"\r\n", 1)[1]
-            + b"\r\n".join(interleaved)
-            + b"\r\n"
-        )
+        return xack_head(stream, group, len(ids)) + b"\r\n".join(interleaved) + b"\r\n"
