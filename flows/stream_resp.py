@@ -84,13 +84,11 @@ class RespConnection:
         self.sock.sendall(data)
 
     def _fill(self) -> None:
+        """Read more, first dropping what has been consumed once it is most of the buffer."""
         if self.pos > (1 << 20) and self.pos > len(self.buf) // 2:
             del self.buf[: self.pos]
             self.pos = 0
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("Redis closed the connection")
-        self.buf += chunk
+        self._fill_keeping()
 
     def _line(self) -> bytes:
         while True:
