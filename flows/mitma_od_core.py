@@ -51,6 +51,7 @@ from flows.mitma_od_schema import (
     ZONE_TYPES,
     ZoneType,
     identifier,
+    published,
     temporary_name,
 )
 from flows.mitma_od_schema import check_zone_type as _check_zone_type
@@ -89,6 +90,7 @@ __all__ = [
     "loaded_days",
     "remove_stale_temporaries",
     "stage_day",
+    "published",
     "temporary_name",
 ]
 
@@ -381,20 +383,17 @@ def download_file(url: str, destination: str, timeout_s: float = 60.0) -> dict[s
         expected = int(length) if length and length.isdigit() else None
         if expected is not None and final.is_file() and final.stat().st_size == expected:
             return {"path": str(final), "bytes": expected, "skipped": True, "seconds": 0.0}
-        temporary = temporary_name(final)
         written = 0
         try:
-            with temporary.open("wb") as out:
+            with published(final) as temporary, temporary.open("wb") as out:
                 while block := response.read(_BLOCK_BYTES):
                     out.write(block)
                     written += len(block)
-            if expected is not None and written != expected:
-                raise TransientDownloadError(
-                    f"{url}: got {written:,} of {expected:,} bytes (connection cut short)"
-                )
-            os.replace(temporary, final)
+                if expected is not None and written != expected:
+                    raise TransientDownloadError(
+                        f"{url}: got {written:,} of {expected:,} bytes (connection cut short)"
+                    )
         except (OSError, TimeoutError, http.client.HTTPException) as exc:
-            temporary.unlink(missing_ok=True)
             if isinstance(exc, TransientDownloadError):
                 raise
             raise TransientDownloadError(f"{url}: {exc}") from None

@@ -29,7 +29,7 @@ from flows.mitma_od_schema import (
     STAGE_EXPRESSIONS,
     check_zone_type,
     identifier,
-    temporary_name,
+    published,
 )
 from headroom.errors import BadInput
 from headroom.units import duckdb_limit
@@ -144,11 +144,10 @@ def stage_day(
     check_header(raw_path, source_file)
     final = Path(staging_path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(final)
     started = time.monotonic()
     select = ", ".join(STAGE_EXPRESSIONS.get(c, c) for c in COLUMNS)
     try:
-        with _scratch_dir(temp_root) as scratch:
+        with _scratch_dir(temp_root) as scratch, published(final) as temporary:
             con = _connect(":memory:", cap_mb, scratch, STAGE_MIB_PER_THREAD)
             try:
                 copied = con.execute(
@@ -184,9 +183,7 @@ def stage_day(
                     )
             finally:
                 con.close()
-        os.replace(temporary, final)
     except duckdb.Error as exc:
-        temporary.unlink(missing_ok=True)
         if isinstance(exc, duckdb.OutOfMemoryException):
             raise
         text = str(exc).splitlines()[0]
@@ -194,9 +191,6 @@ def stage_day(
             raise BadInput(f"{source_file}: corrupt gzip data ({text})") from None
         if isinstance(exc, duckdb.InvalidInputException | duckdb.ConversionException):
             raise BadInput(f"{source_file}: {text}") from None
-        raise
-    except BaseException:
-        temporary.unlink(missing_ok=True)
         raise
     return {
         "day": day,
@@ -222,18 +216,13 @@ def _check_staged(con: Any, parquet: str, day: date) -> tuple[int, int]:
 
 def _write_rejects(con: Any, source_file: str, rejects: Path) -> None:
     rejects.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(rejects)
-    try:
+    with published(rejects) as temporary:
         con.execute(
             """COPY (SELECT $file AS file, line, column_name AS "column", error_type,
                             error_message, csv_line
                      FROM rejects ORDER BY line) TO $out (HEADER, DELIMITER ',')""",
             {"file": source_file, "out": str(temporary)},
         )
-        os.replace(temporary, rejects)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

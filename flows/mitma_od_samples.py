@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from flows.mitma_od_core import COLUMNS, ZONE_TYPES, daily_name, daily_relpath, temporary_name
+from flows.mitma_od_core import COLUMNS, ZONE_TYPES, daily_name, daily_relpath, published
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,8 @@ def write_day(
     bad_after = [int(rows * (i + 1) / (bad_rows + 1)) for i in range(bad_rows)]
     bad_lines = tuple(after + i + 2 for i, after in enumerate(bad_after))
     trips = km = 0
-    temporary = temporary_name(final)
     options = pacsv.WriteOptions(include_header=False, delimiter="|", quoting_style="none")
-    try:
+    with published(final) as temporary:
         with (
             temporary.open("wb") as handle,
             gzip.GzipFile(
@@ -269,10 +268,6 @@ def write_day(
             size = temporary.stat().st_size
             with temporary.open("r+b") as handle:
                 handle.truncate(max(64, int(size * 0.6)))
-        os.replace(temporary, final)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return SampleFile(
         zone_type, day, relpath, kind, rows, Decimal(trips) / 1000, Decimal(km) / 1000, bad_lines
     )
@@ -340,13 +335,13 @@ def write_rss(
     items = []
     for sample in sorted(files, key=lambda f: (f.day, f.zone_type)):
         link = f"{base}/{sample.relpath}"
-        published = datetime.combine(sample.day + timedelta(days=1), time(8), UTC)
+        released = datetime.combine(sample.day + timedelta(days=1), time(8), UTC)
         items.append(
             "  <item>\n"
             f"    <title>{escape(sample.name)}</title>\n"
             f"    <link>{escape(link)}</link>\n"
             f"    <guid>{escape(link)}</guid>\n"
-            f"    <pubDate>{email.utils.format_datetime(published)}</pubDate>\n"
+            f"    <pubDate>{email.utils.format_datetime(released)}</pubDate>\n"
             "  </item>"
         )
     feed = (
@@ -358,9 +353,8 @@ def write_rss(
         + "\n</channel>\n</rss>\n"
     )
     path = Path(root) / name
-    temporary = temporary_name(path)
-    temporary.write_text(feed, encoding="utf-8")
-    os.replace(temporary, path)
+    with published(path) as temporary:
+        temporary.write_text(feed, encoding="utf-8")
     return path
 
 
