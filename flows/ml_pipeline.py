@@ -92,21 +92,13 @@ evaluate_model = budgeted_task(
 ).with_options(cache_policy=STEP_CACHE, **CACHED_RESULTS)
 
 
-@task(name="register-fraud-model", cache_policy=STEP_CACHE, **CACHED_RESULTS)
-def register_model(
-    out: str,
-    version: str,
-    model_path: str,
-    metrics: dict[str, Any],
-    training: dict[str, Any],
-    health: dict[str, Any],
-    params: dict[str, Any],
-    split: dict[str, str],
-) -> dict[str, Any]:
-    """Publish the model version into the registry; returns its version, location and card."""
-    return ml_registry.register_model(
-        out, version, model_path, metrics, training, health, params, split
-    )
+# Publishing runs in the flow process (small files); its cache entry skips a re-registration.
+register_model = task(
+    ml_registry.register_model,
+    name="register-fraud-model",
+    cache_policy=STEP_CACHE,
+    **CACHED_RESULTS,
+)
 
 
 def _run(step: Any, states: dict[str, str], output_done: bool = True, **kwargs: Any) -> Any:
