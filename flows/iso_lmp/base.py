@@ -79,22 +79,48 @@ CANONICAL_COLUMNS = (
     "loss",
 )
 STAGING_COLUMNS = ("_line", "_revision")
+TEXT_COLUMNS = ("iso", "market", "location", "location_type")
+"""The repetitive text columns: the only ones worth a Parquet dictionary."""
+PUBLISHED_PARQUET: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": list(TEXT_COLUMNS),
+    "write_statistics": ["interval_start_utc", "interval_end_utc"],
+    "store_schema": False,
+}
+"""ParquetWriter options of published partitions, written from tables of
+``canonical_schema(encoded=True)``. Statistics only where readers filter (time; iso and
+market are the partition path): string and price statistics were a fifth of the writing
+time. Without the stored Arrow schema the dictionary-encoded text reads back as plain
+strings, and every other column as its canonical type (Parquet's logical types carry UTC,
+int16 and the required fields)."""
 
 
-def canonical_schema(staging: bool = False) -> pa.Schema:
-    """The one output schema (``staging`` adds source line and revision)."""
+def canonical_schema(staging: bool = False, encoded: bool | None = None) -> pa.Schema:
+    """The one output schema; ``staging`` (the readers' tables and the staged parts) adds
+    source line and revision.
+
+    ``encoded`` (the default with ``staging``) holds the text columns dictionary-encoded, as
+    every table is held until written: a file repeats one ISO, one market and a few thousand
+    locations, so the Parquet writers and the duplicate check take codes instead of hashing
+    every row's text again. Published files leave the Arrow schema out (see
+    :data:`PUBLISHED_PARQUET`), so they read back as the plain schema."""
     import pyarrow as pa
 
     utc = pa.timestamp("us", tz="UTC")
+    text = (
+        pa.dictionary(pa.int32(), pa.string())
+        if (encoded or staging and encoded is None)
+        else pa.string()
+    )
     fields = [
-        pa.field("iso", pa.string(), nullable=False),
-        pa.field("market", pa.string(), nullable=False),
+        pa.field("iso", text, nullable=False),
+        pa.field("market", text, nullable=False),
         pa.field("interval_start_utc", utc, nullable=False),
         pa.field("interval_end_utc", utc, nullable=False),
         pa.field("interval_start_local", pa.timestamp("us"), nullable=False),
         pa.field("utc_offset_minutes", pa.int16(), nullable=False),
-        pa.field("location", pa.string(), nullable=False),
-        pa.field("location_type", pa.string()),
+        pa.field("location", text, nullable=False),
+        pa.field("location_type", text),
         pa.field("lmp", pa.float64()),
         pa.field("energy", pa.float64()),
         pa.field("congestion", pa.float64()),
@@ -412,11 +438,17 @@ def canonical_table(
 
     def constant(value: str) -> pa.Array:
         return pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(rows, dtype=np.int32)), pa.array([value])
-        ).cast(pa.string())
+            pa.array(np.zeros(rows, dtype=np.int32)), pa.array([value], pa.string())
+        )
 
     def text(values: Any) -> pa.Array:
-        return constant(values) if isinstance(values, str) else pc.cast(values, pa.string())
+        if isinstance(values, str):
+            return constant(values)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if not pa.types.is_dictionary(values.type):
+            values = pc.dictionary_encode(pc.cast(values, pa.string()))
+        return values.cast(pa.dictionary(pa.int32(), pa.string()))
 
     columns = [
         constant(iso),

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp import ISOS, iso_format
-from flows.iso_lmp.base import CANONICAL_COLUMNS, IsoParseError, Market, canonical_schema
+from flows.iso_lmp.base import (
+    CANONICAL_COLUMNS,
+    PUBLISHED_PARQUET,
+    TEXT_COLUMNS,
+    IsoParseError,
+    Market,
+    canonical_schema,
+)
 from flows.iso_lmp.onepass import OnePass
 from headroom._child import oom_kind
 from headroom.guard import duckdb_share
@@ -48,8 +55,7 @@ log = logging.getLogger(__name__)
 STAGING = "_staging"
 MARKER = "source.json"
 MANIFEST = "_manifest.json"
-STAGING_VERSION = 2
-STAGING_DICTIONARY_COLUMNS = ["iso", "market", "location", "location_type"]
+STAGING_VERSION = 3
 KEY_LIMIT_ROWS = 2_000_000
 """Above this many rows in one file, duplicates are found by DuckDB on disk, not in memory."""
 
@@ -190,13 +196,14 @@ def convert_file(
             for month, part, low, high in _by_month(table, starts):
                 _widen(spans, month, low, high)
                 if month not in writers:
-                    # Local and short-lived, read whole by publication: no compression and
-                    # no statistics; dictionaries only for the repetitive text columns.
+                    # Local, read whole by publication: no statistics; dictionaries only
+                    # for the text columns; lz4, which costs less than writing the
+                    # uncompressed bytes (a tenth of them) to disk.
                     writers[month] = pq.ParquetWriter(
                         temporary / f"{month}.parquet",
                         canonical_schema(staging=True),
-                        compression="none",
-                        use_dictionary=STAGING_DICTIONARY_COLUMNS,
+                        compression="lz4",
+                        use_dictionary=list(TEXT_COLUMNS),
                         write_statistics=False,
                     )
                 writers[month].write_table(part, row_group_size=rows_per_chunk)
@@ -309,8 +316,10 @@ class DuplicateKeys:
             self.revised = True  # not known: publication de-duplicates
             return
         # Codes in Arrow, not a Python dict: a file's thousands of nodes cost per-name calls.
-        location = table.column("location").combine_chunks()
-        encoded = pc.dictionary_encode(location, null_encoding="encode")
+        # Staged tables carry location dictionary-encoded (see canonical_schema).
+        encoded = table.column("location").combine_chunks()
+        if not pa.types.is_dictionary(encoded.type):
+            encoded = pc.dictionary_encode(encoded, null_encoding="encode")
         distinct = encoded.dictionary
         if self.names is None:
             self.names = distinct.slice(0, 0)
@@ -373,17 +382,25 @@ class DuplicateKeys:
 
 
 def _all_distinct(codes: np.ndarray, starts: np.ndarray) -> bool:
-    """Whether no (location code, interval start) pair occurs twice: one sort of one packed
-    int64 key instead of a four-key lexsort (False also when the pair cannot be packed)."""
+    """Whether no (location code, interval start) pair occurs twice.
+
+    Interval starts are a few dozen multiples of the interval length: counted in a table of
+    (codes x intervals) slots when that is small, else one sort of one packed int64 key
+    instead of a four-key lexsort (False also when the pair cannot be packed)."""
     import numpy as np
 
     if len(codes) < 2:
         return True
-    low = int(starts.min())
-    span = int(starts.max()) - low + 1
+    since = starts - int(starts.min())
+    step = int(np.gcd.reduce(since)) or 1
+    span = int(since.max()) // step + 1
+    slots = (int(codes.max()) + 1) * span
+    if slots <= max(4 * len(codes), 1 << 20):
+        return int(np.bincount(codes * span + since // step, minlength=1).max()) <= 1
+    span = int(since.max()) + 1
     if (int(codes.max()) + 1) * span >= 1 << 62:
         return False
-    packed = np.sort(codes * span + (starts - low))
+    packed = np.sort(codes * span + since)
     return not bool((packed[1:] == packed[:-1]).any())
 
 
@@ -564,12 +581,12 @@ def _write_parquet(storage: Storage, relative: str, reader: Any, rows_per_chunk:
 
     from flows.iso_lmp.onepass import row_groups
 
-    schema = canonical_schema()
+    schema = canonical_schema(encoded=True)
     digest = Checksum(schema)
     rows = 0
     with storage.atomic_output(relative) as temporary:
         with storage.filesystem.open_output_stream(temporary) as stream:
-            with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
+            with pq.ParquetWriter(stream, schema, **PUBLISHED_PARQUET) as writer:
                 for table in row_groups(reader, schema, rows_per_chunk):
                     writer.write_table(table, row_group_size=rows_per_chunk)
                     digest.update(table)
@@ -579,15 +596,16 @@ def _write_parquet(storage: Storage, relative: str, reader: Any, rows_per_chunk:
 
 class Checksum:
     """SHA-256 of a table's values, column by column: independent of how rows are chunked
-    (a string column's lengths and bytes go to two hashes, so that chunk boundaries, which
-    follow the staged files, cannot show through)."""
+    and of how text is held. A text column (plain or dictionary-encoded) is hashed as the
+    sequence of its values' own 8-byte BLAKE2b digests (a null: eight zero bytes), each
+    dictionary entry hashed once."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.hashes = {name: hashlib.sha256() for name in schema.names}
-        self.lengths = {field.name: hashlib.sha256() for field in schema if field.type == "string"}
+        self.text = {f.name for f in schema if _is_text(f.type)}
+        self._entries: dict[tuple[int, int, int], tuple[pa.Array, np.ndarray]] = {}
 
     def update(self, table: pa.Table) -> None:
-        import numpy as np
         import pyarrow as pa
 
         # Chunk by chunk: no copy of the combined column is needed.
@@ -595,27 +613,63 @@ class Checksum:
             for column in table.column(name).chunks:
                 if not len(column):
                     continue
-                if pa.types.is_string(column.type):
-                    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[
-                        column.offset : column.offset + len(column) + 1
-                    ]
-                    self.lengths[name].update(np.diff(offsets).tobytes())
-                    data = column.buffers()[2]
-                    if data is not None:
-                        hasher.update(memoryview(data)[offsets[0] : offsets[-1]])
+                if name in self.text:
+                    hasher.update(self._text_digests(column))
                 else:
                     values = (
                         column.cast(pa.float64()) if pa.types.is_floating(column.type) else column
                     )
-                    hasher.update(values.to_numpy(zero_copy_only=False).tobytes())
+                    hasher.update(values.to_numpy(zero_copy_only=False))
 
     def hexdigest(self) -> str:
         total = hashlib.sha256()
         for name in sorted(self.hashes):
             total.update(self.hashes[name].digest())
-            if name in self.lengths:
-                total.update(self.lengths[name].digest())
         return total.hexdigest()
+
+    def _text_digests(self, column: pa.Array) -> np.ndarray:
+        """The 8-byte digest of each value of a text chunk, in row order."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        entries = self._entry_digests(column.dictionary)
+        indices = column.indices
+        if indices.null_count:
+            indices = pc.fill_null(indices, len(entries) - 1)  # the trailing null digest
+        return entries[indices.to_numpy().astype(np.intp, copy=False)]
+
+    def _entry_digests(self, dictionary: pa.Array) -> np.ndarray:
+        """Digests of a dictionary's entries, then the null digest; kept per dictionary (a
+        file's dictionary is shared by the row groups its rows go to). The cache holds the
+        dictionary itself, so that no other one can take its buffers' addresses."""
+        import numpy as np
+
+        buffers = dictionary.buffers()
+        key = (buffers[1].address, buffers[2].address if buffers[2] else 0, dictionary.offset)
+        found = self._entries.get(key)
+        if found is not None and len(found[0]) == len(dictionary):
+            return found[1]
+        digests = np.zeros(len(dictionary) + 1, dtype="<u8")
+        for index, value in enumerate(dictionary.to_pylist()):
+            if value is not None:
+                digests[index] = int.from_bytes(
+                    hashlib.blake2b(value.encode(), digest_size=8).digest(), "little"
+                )
+        if len(self._entries) >= 256:
+            self._entries.clear()
+        self._entries[key] = (dictionary, digests)
+        return digests
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(type_) or (
+        pa.types.is_dictionary(type_) and pa.types.is_string(type_.value_type)
+    )
 
 
 def _remove_old_versions(storage: Storage, relative: str, keep: str) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.iso_lmp.base import canonical_schema
+from flows.iso_lmp.base import PUBLISHED_PARQUET, canonical_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,7 +65,7 @@ class RowGroups:
 
 
 def row_groups(batches: Iterable[Any], schema: pa.Schema, rows_per_chunk: int):
-    """Record batches (or tables) as row groups of ``rows_per_chunk`` rows."""
+    """Record batches (or tables) as row groups of ``rows_per_chunk`` rows of ``schema``."""
     import pyarrow as pa
 
     groups = RowGroups(schema, rows_per_chunk)
@@ -83,9 +83,9 @@ class _Partition:
 
         from flows.iso_lmp.dataset import Checksum
 
-        schema = canonical_schema()
+        schema = canonical_schema(encoded=True)
         self.path = path
-        self.writer: pq.ParquetWriter | None = pq.ParquetWriter(path, schema, compression="zstd")
+        self.writer: pq.ParquetWriter | None = pq.ParquetWriter(path, schema, **PUBLISHED_PARQUET)
         self.groups = RowGroups(schema, rows_per_chunk)
         self.digest = Checksum(schema)
         self.rows = 0

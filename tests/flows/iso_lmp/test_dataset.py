@@ -172,3 +172,26 @@ def test_one_pass_leftovers_of_a_killed_call_are_removed(tmp_path):
     mine.mkdir()
     OnePass(tmp_path, 16).close()
     assert not orphan.exists() and mine.exists()
+
+
+def test_all_distinct_agrees_with_a_set_of_pairs():
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    hour = 3_600_000_000
+    cases = []
+    for _ in range(200):
+        rows = int(rng.integers(2, 400))
+        codes = rng.integers(0, int(rng.integers(1, 50)), rows)
+        step = int(rng.choice([hour, 300_000_000, 1, 7]))
+        starts = 1_700_000_000_000_000 + rng.integers(0, int(rng.integers(1, 60)), rows) * step
+        cases.append((codes, starts))
+    cases.append((np.array([4, 4]), np.array([10, 10])))  # one start, twice
+    verdicts = []
+    for codes, starts in cases:
+        expected = len(set(zip(codes.tolist(), starts.tolist(), strict=True))) == len(codes)
+        assert dataset._all_distinct(codes, starts) == expected, (codes, starts)
+        verdicts.append(expected)
+    assert True in verdicts and False in verdicts  # both answers were exercised
+    # Too wide to pack: "not known distinct", which sends the caller to the full sort.
+    assert not dataset._all_distinct(np.arange(3), np.array([0, 1 << 61, 5]))
