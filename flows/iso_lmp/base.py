@@ -107,11 +107,9 @@ def canonical_schema(staging: bool = False, encoded: bool | None = None) -> pa.S
     import pyarrow as pa
 
     utc = pa.timestamp("us", tz="UTC")
-    text = (
-        pa.dictionary(pa.int32(), pa.string())
-        if (encoded or staging and encoded is None)
-        else pa.string()
-    )
+    if encoded is None:
+        encoded = staging
+    text = pa.dictionary(pa.int32(), pa.string()) if encoded else pa.string()
     fields = [
         pa.field("iso", text, nullable=False),
         pa.field("market", text, nullable=False),

@@ -603,7 +603,7 @@ class Checksum:
     def __init__(self, schema: pa.Schema) -> None:
         self.hashes = {name: hashlib.sha256() for name in schema.names}
         self.text = {f.name for f in schema if _is_text(f.type)}
-        self._entries: dict[tuple[int, int, int], tuple[pa.Array, np.ndarray]] = {}
+        self._entries: dict[bytes, np.ndarray] = {}
 
     def update(self, table: pa.Table) -> None:
         import pyarrow as pa
@@ -642,25 +642,33 @@ class Checksum:
         return entries[indices.to_numpy().astype(np.intp, copy=False)]
 
     def _entry_digests(self, dictionary: pa.Array) -> np.ndarray:
-        """Digests of a dictionary's entries, then the null digest; kept per dictionary (a
-        file's dictionary is shared by the row groups its rows go to). The cache holds the
-        dictionary itself, so that no other one can take its buffers' addresses."""
+        """Digests of a dictionary's entries, then the null digest; kept by the dictionary's
+        content (one ISO's files repeat the same locations, in the same order)."""
         import numpy as np
 
-        buffers = dictionary.buffers()
-        key = (buffers[1].address, buffers[2].address if buffers[2] else 0, dictionary.offset)
-        found = self._entries.get(key)
-        if found is not None and len(found[0]) == len(dictionary):
-            return found[1]
+        key = None
+        if not dictionary.null_count:
+            buffers = dictionary.buffers()
+            offsets = np.frombuffer(buffers[1], dtype=np.int32)[
+                dictionary.offset : dictionary.offset + len(dictionary) + 1
+            ]
+            content = hashlib.sha256(np.diff(offsets))
+            if buffers[2] is not None:
+                content.update(memoryview(buffers[2])[offsets[0] : offsets[-1]])
+            key = content.digest()
+            found = self._entries.get(key)
+            if found is not None:
+                return found
         digests = np.zeros(len(dictionary) + 1, dtype="<u8")
         for index, value in enumerate(dictionary.to_pylist()):
             if value is not None:
                 digests[index] = int.from_bytes(
                     hashlib.blake2b(value.encode(), digest_size=8).digest(), "little"
                 )
-        if len(self._entries) >= 256:
-            self._entries.clear()
-        self._entries[key] = (dictionary, digests)
+        if key is not None:
+            if len(self._entries) >= 256:
+                self._entries.clear()
+            self._entries[key] = digests
         return digests
 
 
