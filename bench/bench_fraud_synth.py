@@ -64,9 +64,10 @@ PREPARE = """
 import sys, pyarrow as pa
 from flows import fraud_synth_gen as gen
 from flows.fraud_synth_gen import _to_batch
+from flows.fraud_synth_world import build_world
 spec = gen.plan_dataset(transactions=int(sys.argv[1]), files=1, customers=1_000_000,
                         end="2024-03-31")
-world = gen.build_world(spec)
+world = build_world(spec)
 schema = gen.transaction_schema()
 with pa.OSFile(sys.argv[2], "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
     for block in range(gen.blocks_in_file(spec, 0)):
@@ -121,7 +122,9 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="state-", dir=SCRATCH))
     env = {
         "PREFECT_HOME": str(state / "prefect"),
-        "PREFECT_API_URL": "",
+        # Unset, not empty: Prefect 3.8 takes an empty URL for "none" over HTTP, but its
+        # events worker then fails, and every task-run state event is dropped.
+        "PREFECT_API_URL": None,
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",

@@ -40,16 +40,18 @@ class Measurement:
 def measure(
     label: str,
     argv: list[str],
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
     timeout_s: float = 1800,
     interval_s: float = 0.05,
 ) -> Measurement:
-    """Run ``argv`` and sample the summed RSS of its process tree until it exits."""
+    """Run ``argv`` and sample the summed RSS of its process tree until it exits.
+    ``env`` is laid over this environment; a None value removes the variable."""
     started = time.monotonic()
+    merged = {**os.environ, **(env or {})}
     process = subprocess.Popen(
         argv,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in merged.items() if v is not None},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -51,11 +51,11 @@ from flows.fraud_synth_world import (
     SCENARIO_SHARE,
     World,
     amount_table,
-    build_world,
     location_noise,
     reference_tables,
     uniform_points,
 )
+from flows.fraud_synth_world_cache import cached_world
 from flows.stream_arrow import column
 from headroom.errors import BadInput
 
@@ -77,7 +77,8 @@ def write_reference_tables(out: str, spec: dict[str, Any]) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     storage = open_out(out)
-    world = build_world(DatasetSpec.from_dict(spec))
+    dataset = DatasetSpec.from_dict(spec)
+    world = cached_world(dataset, fingerprint(dataset))  # saved here for the writers
     _release_freed_memory()
     counts = {}
     for name, table in reference_tables(world):
@@ -418,7 +419,7 @@ def write_transaction_file(
     dataset = DatasetSpec.from_dict(spec)
     rows = dataset.rows_in_file(index)
     storage = open_out(out)
-    world = build_world(dataset)
+    world = cached_world(dataset, fingerprint(dataset))
     _release_freed_memory()
     hasher = hashlib.sha256()
     tally = np.zeros(len(SCENARIOS), dtype=np.int64)

@@ -1,9 +1,10 @@
 """The world of a fraud dataset: customers, devices, merchants and fraud windows.
 
-All of it is drawn from the seed alone, vectorised, in seconds: every transaction writer
-rebuilds the compact lookup arrays it needs (:class:`World`) instead of reading them, and
-the reference writer turns the full customer columns into ``customers.parquet``,
-``devices.parquet`` and ``merchants.parquet`` (:func:`reference_tables`).
+All of it is drawn from the seed alone, vectorised, in seconds: the compact lookup arrays
+the transaction writers need (:class:`World`) are built once per dataset and machine and
+mapped from a local cache by every writer (:mod:`flows.fraud_synth_world_cache`), never read
+from the output, and the reference writer turns the full customer columns into
+``customers.parquet``, ``devices.parquet`` and ``merchants.parquet`` (:func:`reference_tables`).
 """
 
 from __future__ import annotations

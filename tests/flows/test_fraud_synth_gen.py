@@ -15,7 +15,9 @@ import pytest
 
 from flows import fraud_synth_gen as gen
 from flows import fraud_synth_spec as fspec
+from flows import fraud_synth_world_cache as world_cache
 from flows.fraud_synth_params import FraudSynthParams
+from flows.fraud_synth_world import build_world
 from headroom.errors import BadInput
 from headroom.storage import TMP_MARK, open_storage
 
@@ -109,7 +111,7 @@ def test_fraud_scenarios_look_like_fraud(dataset: tuple[Path, dict]) -> None:
     owner = devices.customer_id.loc[stolen.device_id].to_numpy()
     assert (owner == stolen.customer_id.to_numpy()).all()
     spec = gen.DatasetSpec.from_dict(manifest["spec"])
-    world = gen.build_world(spec)
+    world = build_world(spec)
     begin, end = world.takeover_windows.bounds_ms(np.arange(world.takeover_windows.count))
     ts = takeover.ts.dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
     victims = takeover.customer_id.to_numpy()
@@ -255,3 +257,62 @@ def test_s3_output(s3_bucket: str, tmp_path: Path) -> None:
     assert not [k for k in keys if TMP_MARK in k], "temporary keys are deleted after publishing"
     local = gen.write_transaction_file(str(tmp_path), manifest["spec"], 1)
     assert local["checksum"] == manifest["files"][1]["checksum"], "same rows wherever written"
+
+
+def test_cached_world_is_the_built_world_and_writes_the_same_rows(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    spec = gen.plan_dataset(transactions=150_000, seed=8, files=1)
+    key = gen.fingerprint(spec)
+    root = tmp_path / "worlds"
+    built = world_cache.cached_world(spec, key, root)  # a miss: built, then saved
+    assert (root / key / world_cache.META).is_file()
+    mapped = world_cache.cached_world(spec, key, root)  # a hit: mapped read-only
+    assert isinstance(mapped.customer_record, np.memmap)
+    for item in fields(built):
+        one, other = getattr(built, item.name), getattr(mapped, item.name)
+        if isinstance(one, np.ndarray):
+            assert one.dtype == other.dtype and np.array_equal(one, other), item.name
+        else:
+            assert one == other, item.name
+    with pytest.raises(ValueError):
+        mapped.customer_pool[0] = 1  # nothing can change a shared world
+
+    def rows_of(world) -> str:
+        import hashlib
+
+        hasher = hashlib.sha256()
+        tally = np.zeros(len(gen.SCENARIOS), dtype=np.int64)
+        for _ in gen.iter_batches(world, 0, 65_536, hasher, tally):
+            pass
+        return hasher.hexdigest()
+
+    assert rows_of(mapped) == rows_of(build_world(spec))
+
+
+def test_damaged_or_foreign_world_cache_is_rebuilt(tmp_path: Path) -> None:
+    spec = gen.plan_dataset(transactions=150_000, seed=9, files=1)
+    other = gen.plan_dataset(transactions=150_000, seed=10, files=1)
+    root = tmp_path / "worlds"
+    key = gen.fingerprint(spec)
+    world_cache.cached_world(spec, key, root)
+    (root / key / "customer_pool.npy").write_bytes(b"not an array")
+    rebuilt = world_cache.cached_world(spec, key, root)
+    assert np.array_equal(rebuilt.customer_pool, build_world(spec).customer_pool)
+    saved_again = world_cache.cached_world(spec, key, root)  # the damaged one was replaced
+    assert isinstance(saved_again.customer_pool, np.memmap)
+    assert np.array_equal(saved_again.customer_pool, rebuilt.customer_pool)
+    # A folder saved for another spec under this key is not taken for this one.
+    world_cache.cached_world(other, "shared-key", root)
+    assert world_cache.cached_world(spec, "shared-key", root).spec == spec
+
+
+def test_world_cache_keeps_the_most_recent_worlds(tmp_path: Path) -> None:
+    root = tmp_path / "worlds"
+    keys = []
+    for seed in range(world_cache.KEEP_WORLDS + 2):
+        spec = gen.plan_dataset(transactions=20_000, seed=seed, files=1)
+        keys.append(gen.fingerprint(spec))
+        world_cache.cached_world(spec, keys[-1], root)
+        time.sleep(0.01)  # distinct modification times
+    assert sorted(p.name for p in root.iterdir()) == sorted(keys[-world_cache.KEEP_WORLDS :])
