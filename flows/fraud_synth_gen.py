@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import xxhash
 
 from flows.fraud_synth_spec import (
     CHANNELS,
@@ -70,6 +71,10 @@ log = logging.getLogger(__name__)
 # fingerprint (which includes this) matches. 2: rows cut from raw random words and tables.
 GENERATOR = "fraud_synth/2"
 BLOCK_ROWS = 65_536
+CHECKSUM_PREFIX = "xxh3_128:"
+"""Content checksums are XXH3-128 of the canonical column bytes: 22 GB/s here against
+SHA-256's 1.7 GB/s, which took 13 % of a writer's CPU. They detect change; they are not a
+defence against someone forging a file."""
 
 
 def write_reference_tables(out: str, spec: dict[str, Any]) -> dict[str, int]:
@@ -421,7 +426,7 @@ def write_transaction_file(
     storage = open_out(out)
     world = cached_world(dataset, fingerprint(dataset))
     _release_freed_memory()
-    hasher = hashlib.sha256()
+    hasher = xxhash.xxh3_128()
     tally = np.zeros(len(SCENARIOS), dtype=np.int64)
     relative = part_path(index)
     storage.remove_temporaries(of=relative)  # a killed earlier attempt's, before a retry
@@ -450,7 +455,7 @@ def write_transaction_file(
         "min_ts_ms": min_ts,
         "max_ts_ms": max_ts,
         "fraud": {name: int(tally[i]) for i, name in enumerate(SCENARIOS) if i},
-        "checksum": "sha256:" + hasher.hexdigest(),
+        "checksum": CHECKSUM_PREFIX + hasher.hexdigest(),
         "fingerprint": fingerprint(dataset),
     }
     storage.write_json(sidecar_path(index), entry)
@@ -484,7 +489,7 @@ def content_checksum(table: pa.Table) -> str:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    hasher = hashlib.sha256()
+    hasher = xxhash.xxh3_128()
     for offset in range(0, table.num_rows, BLOCK_ROWS):
         piece = table.slice(offset, BLOCK_ROWS)
         columns: dict[str, np.ndarray] = {}
@@ -500,7 +505,7 @@ def content_checksum(table: pa.Table) -> str:
             else:
                 columns[name] = column.to_numpy()
         _hash_block(hasher, columns)
-    return "sha256:" + hasher.hexdigest()
+    return CHECKSUM_PREFIX + hasher.hexdigest()
 
 
 def file_checksum(path: str, filesystem: Any = None) -> str:
