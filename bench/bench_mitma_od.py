@@ -404,15 +404,10 @@ the tree (for ours: flow process + guarded children; the Prefect server runs apa
 {table(["target", "measured", "goal", ""], targets)}
 
 Ours reads each CSV once (typed, rejects kept by the same scan, published domains as ENUMs,
-one DuckDB thread per staging task and at most one staging task per core, since a day never
-waits on I/O and more at once only cost CPU) into lz4 Parquet staging, then the single writer
-copies Parquet into bronze in a transaction per day; it also pays Prefect's task orchestration
-(about 5-7 CPU-s of the flow process, a third of it importing Prefect) and a fresh child per
-task (about 0.2 CPU-s each: the interpreter, the DuckDB module and DuckDB itself). Bare
-DuckDB parses once, types guessed, with no rejects, no provenance columns and no per-day
-replace. On a shared machine ours loses wall time to the one-per-core bound (its two processes
-get a smaller share of the cores than five would), and the writer starts after the last
-day.{scaled}"""
+one DuckDB thread per staging task since the days run side by side) into lz4 Parquet staging,
+then the single writer copies Parquet into bronze in a transaction per day; it also pays
+Prefect's task orchestration and a fresh child per task (which imports only the DuckDB module).
+Bare DuckDB parses once, types guessed, with no rejects and no per-day replace.{scaled}"""
 
 
 if __name__ == "__main__":

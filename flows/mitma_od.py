@@ -3,12 +3,10 @@
 Discover the daily files of a date range (RSS feed, URL pattern or local mirror; missing
 days are gaps, not failures), download them to a raw cache, stage each day with DuckDB in a
 budgeted task (tag ``mitma-od``: the memory admission, not a small pool, decides how many run
-at once, never more than one per core), then load the staged days one transaction per day
-through the single writer (tag ``duckdb-writer``). A bad file fails alone; the run names every
-failed file at the end.
+at once), then load the staged days one transaction per day through the single writer (tag
+``duckdb-writer``). A bad file fails alone; the run names every failed file at the end.
 """
 
-import os
 import time
 from datetime import date
 from pathlib import Path
@@ -137,10 +135,6 @@ def ingest_mitma_od(
         if outcome.ok:
             raw_paths[Path(outcome.item["destination"]).name] = outcome.value["path"]
 
-    # A staging task is one DuckDB thread that never waits on I/O: days beyond the core count
-    # add no throughput, only CPU (their processes evict each other's caches; about a tenth
-    # more per day at 5 on 2 cores) and memory.
-    stage_workers = min(params.max_workers, os.cpu_count() or 1)
     stages = map_bounded(
         stage_day,
         [
@@ -156,7 +150,7 @@ def ingest_mitma_od(
             for f in discovery.files
             if f.name in raw_paths
         ],
-        max_workers=stage_workers,
+        max_workers=params.max_workers,
         chunk_scale=params.chunk_scale,
     )
     # One writer: days load in date order, one transaction each.
