@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     record(
         "bare DuckDB read_csv, one process", _subject("duckdb", args.mirror, args.days, database)
     )
+    # A fresh server database each run: a run killed with its server (Ctrl-C here) leaves its
+    # flow run Running and its slots held in the old one, which would stall this run.
+    shutil.rmtree(SCRATCH / "prefect", ignore_errors=True)
     with prefect_server(SCRATCH / "prefect") as api_url:
         env = {
             "PREFECT_API_URL": api_url,

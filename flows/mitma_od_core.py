@@ -128,7 +128,9 @@ class MitmaParams(BaseModel):
     )
     lookback_days: int = Field(7, ge=1, le=366, description="Days back when start_date is unset.")
     missing_only: bool = Field(False, description="Skip days already loaded for this zone type.")
-    max_workers: int = Field(15, ge=1, le=64, description="Days processed at once by this run.")
+    max_workers: int = Field(
+        15, ge=1, le=64, description="Days processed at once by this run (staged: one a core)."
+    )
     chunk_scale: float = Field(1.0, gt=0, le=1, description="Scale of every first chunk size.")
 
     @field_validator("source")

@@ -31,6 +31,7 @@ from flows.mitma_od_schema import (
     identifier,
     published,
 )
+from headroom.budget import usable_cores
 from headroom.errors import BadInput
 from headroom.units import duckdb_limit
 
@@ -78,7 +79,7 @@ def duckdb_settings(
     DuckDB's memory_limit covers its buffer manager only; the Python process, the gzip
     reader and the Parquet writer's buffers sit outside it, so it gets half the cap.
     """
-    threads = max(1, min(os.cpu_count() or 1, int(cap_mb // mib_per_thread)))
+    threads = max(1, min(usable_cores(), int(cap_mb // mib_per_thread)))
     settings: dict[str, Any] = {
         "memory_limit": duckdb_limit(max(32.0, cap_mb * 0.5)),
         "threads": threads,

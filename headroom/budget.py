@@ -224,6 +224,32 @@ def _read_limit(path: Path) -> int | None:
     return None if value >= _V1_UNLIMITED else value
 
 
+def usable_cores(
+    proc_root: str | os.PathLike[str] = "/proc",
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
+) -> int:
+    """Cores this process may run on: its CPU affinity, bounded by the tightest cgroup v2
+    ``cpu.max`` quota over its cgroup and ancestors (rounded up), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    found = _own_memory_cgroup(proc_root, cgroup_root)
+    if found is not None and found[2] == "v2":
+        base, current = found[0], found[1]
+        while True:
+            try:
+                quota, period = (base / current / "cpu.max").read_text().split()[:2]
+                if quota != "max" and int(period) > 0:
+                    cores = min(cores, -(-int(quota) // int(period)))
+            except (OSError, ValueError):
+                pass
+            if not current.parts:
+                break
+            current = current.parent if len(current.parts) > 1 else Path()
+    return max(1, cores)
+
+
 def cgroup_oom_kills(
     proc_root: str | os.PathLike[str] = "/proc",
     cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",

@@ -289,7 +289,7 @@ def test_sql_identifiers_are_checked():
             core.identifier(bad)
 
 
-def test_values_outside_a_published_domain_are_rejects_and_bronze_keeps_text(tmp_path):
+def test_values_outside_a_published_domain_are_rejects_and_bronze_keeps_the_domain(tmp_path):
     good = "20220501|08|0105902|0105903|2-10|casa|trabajo_estudio|no|si|01|10-15|25-45|mujer|1.5|6"
     fields = good.split("|")
     outside = {4: "5-10", 5: "ocio", 11: "18-25", 12: "otro"}  # distancia, actividad, edad, sexo
@@ -316,7 +316,37 @@ def test_values_outside_a_published_domain_are_rejects_and_bronze_keeps_text(tmp
     _load(database, staged)
     con = duckdb.connect(str(database), read_only=True)
     rows = con.execute(
-        "SELECT distancia, sexo, typeof(sexo), renta FROM bronze_viajes ORDER BY sexo NULLS LAST"
+        "SELECT distancia, sexo, typeof(sexo), renta, typeof(zone_type) FROM bronze_viajes "
+        "ORDER BY sexo NULLS LAST"
     ).fetchall()
+    # Queried as text: equality, LIKE and a value outside the domain (no match, no error).
+    matches = con.execute(
+        "SELECT count(*) FILTER (sexo = 'mujer'), count(*) FILTER (edad LIKE '25%'), "
+        "count(*) FILTER (sexo = 'otro'), count(*) FILTER (zone_type = 'distritos') "
+        "FROM bronze_viajes"
+    ).fetchone()
     con.close()
-    assert rows == [("2-10", "mujer", "VARCHAR", "10-15"), ("2-10", None, "VARCHAR", None)]
+    sexo = "ENUM('hombre', 'mujer')"
+    zones = "ENUM('distritos', 'municipios', 'GAU')"
+    assert rows == [("2-10", "mujer", sexo, "10-15", zones), ("2-10", None, sexo, None, zones)]
+    assert matches == (1, 1, 0, 2)
+
+
+def test_a_bronze_table_with_text_columns_from_an_earlier_version_keeps_loading(tmp_path):
+    mirror = tmp_path / "mirror"
+    sample = samples.write_day(mirror, "distritos", DAY, 50, seed=2)
+    database = tmp_path / "od.duckdb"
+    con = duckdb.connect(str(database))
+    text_types = {c: "VARCHAR" if t.startswith("ENUM") else t for c, t in core.BRONZE_TYPES.items()}
+    columns = ", ".join(f"{c} {t}" for c, t in text_types.items())
+    con.execute(f"CREATE TABLE bronze_viajes ({columns})")
+    con.close()
+    staged = _stage(tmp_path, sample, mirror)
+    _load(database, staged)
+    _load(database, staged)  # a re-run replaces the day
+    con = duckdb.connect(str(database), read_only=True)
+    count, kinds = con.execute(
+        "SELECT count(*), list(DISTINCT typeof(sexo)) FROM bronze_viajes"
+    ).fetchone()
+    con.close()
+    assert (count, kinds) == (50, ["VARCHAR"])

@@ -16,6 +16,7 @@ from flows import mitma_od_core as core
 from flows import mitma_od_samples as samples
 from flows.mitma_od import ingest_mitma_od
 from headroom import parse_size
+from headroom.budget import usable_cores
 from headroom.report import load_attempts
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
@@ -31,6 +32,17 @@ def _bronze_rows(database: str) -> int:
         return con.execute("SELECT count(*) FROM bronze_viajes").fetchone()[0]
     finally:
         con.close()
+
+
+def _most_at_once(attempts: list) -> int:
+    edges = sorted(
+        [(a.started, 1) for a in attempts] + [(a.started + a.seconds, -1) for a in attempts]
+    )
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
 
 
 def test_ingest_over_http_exact_idempotent_bad_files_alone_tight_budget(
@@ -92,6 +104,9 @@ def test_ingest_over_http_exact_idempotent_bad_files_alone_tight_budget(
     assert len(heavy) >= DAYS + 1
     budget_mb = parse_size(TIGHT_BUDGET) / (1 << 20)
     assert all(a.cap_mb < budget_mb and a.peak_mb <= a.cap_mb for a in heavy)
+    # A staging day is one DuckDB thread that never waits: no more days at once than cores.
+    staging = [a for a in attempts if a.task == "stage-mitma-day"]
+    assert 1 <= _most_at_once(staging) <= usable_cores()
 
     # Re-running distritos changes nothing: same rows, same sums, raw files not fetched again.
     total = _bronze_rows(database)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,19 @@ def test_oom_kills_are_counted_in_this_process_own_cgroup(tmp_path):
     )
     assert cgroup_oom_kills(proc, root) == 5
     assert cgroup_oom_kills(_proc(tmp_path / "c", ""), tmp_path / "c") is None
+
+
+def test_usable_cores_are_the_affinity_bounded_by_the_tightest_cpu_quota(tmp_path):
+    from headroom.budget import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    proc = _proc(tmp_path / "a", "0::/jobs/leaf\n")
+    root = tmp_path / "a" / "v2"
+    _write(root / "jobs" / "leaf", "max")
+    (root / "jobs" / "leaf" / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(proc, root) == affinity
+    (root / "jobs" / "cpu.max").write_text("150000 100000\n")  # 1.5 cores: rounded up
+    assert usable_cores(proc, root) == min(affinity, 2)
+    (root / "jobs" / "leaf" / "cpu.max").write_text("50000 100000\n")
+    assert usable_cores(proc, root) == 1
+    assert usable_cores(_proc(tmp_path / "c", ""), tmp_path / "c") == affinity
