@@ -1,12 +1,14 @@
 """Entry point of a guarded child: load the call, run it, write back its result.
 
 Started ahead of need as ``python -m headroom._child --wait MODULE`` (see headroom.spare): it
-imports MODULE, then waits on stdin for its call. Imports nothing heavy itself, so start-up
-costs only what the guarded function's own module imports.
+imports MODULE, then waits on stdin for its call. Or forked, one per call, by a fork server,
+``python -m headroom._child --fork-server MODULE FD`` (see headroom.zygote). Imports nothing
+heavy itself, so start-up costs only what the guarded function's own module imports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import os
@@ -145,7 +147,82 @@ def main(call_file: str, result_file: str) -> None:
     os._exit(0)
 
 
+def serve_forks(module_name: str, control_fd: int) -> None:
+    """A fork server (headroom.zygote): import the module, then fork one child per call read
+    from stdin and report on ``control_fd`` each child's pid and, once reaped, its exit status.
+    Says ``nofork`` and exits when the import left other threads (a fork would lose them)."""
+    import json
+    import select
+
+    _die_with_parent()
+    try:
+        importlib.import_module(module_name)
+    except BaseException:  # noqa: BLE001 - each call imports it again and reports the error
+        pass
+    if len(os.listdir("/proc/self/task")) > 1:
+        os.write(control_fd, b"nofork\n")
+        os._exit(0)
+    os.write(control_fd, b"ready\n")
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    server, pending, accepting = os.getpid(), b"", True
+    running: set[int] = set()
+    while accepting or running:
+        ready, _, _ = select.select([0, wake_read] if accepting else [wake_read], [], [])
+        if wake_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_read, 4096):
+                    pass
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            running.discard(pid)
+            os.write(control_fd, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+        if accepting and 0 in ready:
+            data = os.read(0, 65536)
+            if not data:  # no more calls: wait for those running, then go
+                accepting = False
+                continue
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                call = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _run_forked(call, server, (control_fd, wake_read, wake_write))
+                running.add(pid)
+                os.write(control_fd, f"pid {call['token']} {pid}\n".encode())
+    os._exit(0)
+
+
+def _run_forked(call: dict, server: int, server_fds: tuple[int, ...]) -> None:
+    """In a child just forked by the fork server: become what a spare would be, run the call."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for fd in server_fds:
+        os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.setsid()  # its own process group: the guard kills the whole tree
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server:  # the server died before prctl took effect
+        os._exit(137)
+    os.environ["HEADROOM_CAP_MB"] = str(call["cap_mb"])
+    try:
+        main(call["call"], call["result"])
+    finally:  # main exits itself; anything else must never run the server's loop here
+        os._exit(1)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fork-server"] and len(sys.argv) == 4:
+        serve_forks(sys.argv[2], int(sys.argv[3]))
     if sys.argv[1:2] != ["--wait"] or len(sys.argv) != 3:
         sys.exit("usage: python -m headroom._child --wait MODULE (started by headroom.spare)")
     wait_for_call(sys.argv[2])

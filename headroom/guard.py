@@ -114,7 +114,7 @@ def guarded_call(
         if outcome == "timeout":
             raise GuardTimeout(f"{module_name}:{qualname} ran past its timeout of {timeout_s} s")
         if not result_file.exists():
-            code = child.returncode
+            code = child.wait()
             if code in (-signal.SIGKILL, 137):
                 oom_after = cgroup_oom_kills()
                 counted = (
@@ -171,8 +171,9 @@ def _rebuild(payload: dict[str, Any]) -> BaseException:
 class _Watch:
     """Samples a child tree's memory and kills it past its cap."""
 
-    def __init__(self, child: subprocess.Popen[bytes], cap_mb: float) -> None:
-        self.child = child
+    def __init__(self, child: subprocess.Popen[bytes] | spare.ForkedChild, cap_mb: float) -> None:
+        assert child.pid is not None  # started (or forked) by now
+        self.child, self.pid = child, child.pid
         self.cap_kb = cap_mb * 1024
         self.peak_kb = 0.0
         self.tree = [child.pid]
@@ -186,7 +187,7 @@ class _Watch:
         while True:
             now = time.monotonic()
             if now - self._tree_at > TREE_REFRESH_S:
-                self.tree = _process_tree(self.child.pid)
+                self.tree = _process_tree(self.pid)
                 self._tree_at = now
             used_kb, hwm_kb = _tree_memory_kb(self.tree)
             self.peak_kb = max(self.peak_kb, used_kb, hwm_kb)
@@ -248,12 +249,14 @@ def _status_kb(pid: int) -> dict[str, int]:
     return fields
 
 
-def _kill_tree(child: subprocess.Popen[bytes]) -> None:
+def _kill_tree(child: subprocess.Popen[bytes] | spare.ForkedChild) -> None:
     """SIGKILL the child's process group (the child started its own session) and reap it."""
+    if child.pid is None:  # a fork that never happened
+        return
     try:
         os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    except ProcessLookupError:  # a forked child not yet in its own session, or gone
+        child.kill()
     except PermissionError:
         child.kill()
     child.wait()

@@ -31,6 +31,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from headroom import zygote
+from headroom.zygote import ForkedChild
+
 CHILD_ARGV = [sys.executable, "-m", "headroom._child", "--wait"]
 # Spares kept per process: unset, as many as calls of the module run at once (so a wave of
 # tasks ending together each finds one), at most MAX_SPARES; "0" turns spares off (each call
@@ -84,10 +87,14 @@ def _most_spares() -> int:
         return 1  # a truthy word ("yes"): on, one spare
 
 
-def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes]:
-    """A waiting child for a call of a function of ``module`` with ``env``: a spare when one
-    fits, else a new one; then spares for the next calls are asked for (started by another
+def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes] | ForkedChild:
+    """A child for a call of a function of ``module`` with ``env``: one to be forked by the
+    module's fork server (headroom.zygote) where it has one; else a waiting spare when one
+    fits, else a new one, and then spares for the next calls are asked for (started by another
     thread while this call runs), one per call of the module now running."""
+    forked = zygote.child_for(env, module, lambda make: _starter.submit(make).result())
+    if forked is not None:
+        return forked
     cwd = os.getcwd()
     child = None
     stale: list[_Spare] = []
@@ -145,9 +152,12 @@ def _arrived(
 
 
 def hand_call(
-    child: subprocess.Popen[bytes], call_file: str, result_file: str, cap_mb: float
+    child: subprocess.Popen[bytes] | ForkedChild, call_file: str, result_file: str, cap_mb: float
 ) -> None:
-    """Give a waiting child its call; it starts at once."""
+    """Give a waiting child its call (or have its server fork it); it starts at once."""
+    if isinstance(child, ForkedChild):
+        child.server.fork(child, call_file, result_file, cap_mb)
+        return
     assert child.stdin is not None
     message = json.dumps({"call": call_file, "result": result_file, "cap_mb": cap_mb})
     child.stdin.write(message.encode() + b"\n")

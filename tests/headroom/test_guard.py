@@ -17,6 +17,14 @@ from tests.headroom import workers
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture
+def spares_only(monkeypatch):
+    """The spare path, for bodies a fork server would otherwise run (headroom.zygote)."""
+    from headroom import zygote
+
+    monkeypatch.setenv(zygote.ENV_FORK, "0")
+
+
 def test_returns_the_value():
     assert run_guarded(workers.add, 2, 3, cap_mb=200) == 5
 
@@ -129,6 +137,7 @@ def test_the_child_imports_what_the_parent_can_even_with_pythonpath_set(tmp_path
     assert run_guarded(local_bodies.triple, 7, cap_mb=200) == 21
 
 
+@pytest.mark.usefixtures("spares_only")
 def test_a_call_runs_in_a_child_started_ahead_of_it():
     run_guarded(workers.add, 1, 1, cap_mb=200)  # leaves a spare behind
     time.sleep(0.5)
@@ -136,6 +145,7 @@ def test_a_call_runs_in_a_child_started_ahead_of_it():
     assert run_guarded(workers.started_at, cap_mb=200) < asked - 0.2
 
 
+@pytest.mark.usefixtures("spares_only")
 def test_calls_ending_together_each_find_a_child_started_ahead():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -155,6 +165,7 @@ def test_calls_ending_together_each_find_a_child_started_ahead():
     assert spares_of_workers() == 3  # replaced, not more
 
 
+@pytest.mark.usefixtures("spares_only")
 def test_a_spare_never_runs_a_call_with_another_environment(monkeypatch):
     run_guarded(workers.add, 1, 1, cap_mb=200)  # a spare with the environment of now
     monkeypatch.setenv("HEADROOM_TEST_MARK", "after the spare started")
@@ -173,12 +184,14 @@ def _waiting_children() -> list:
     ]
 
 
+@pytest.mark.usefixtures("spares_only")
 def test_spares_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("HEADROOM_SPARE_CHILD", "0")
     assert run_guarded(workers.add, 1, 1, cap_mb=200) == 2
     assert _waiting_children() == []
 
 
+@pytest.mark.usefixtures("spares_only")
 def test_a_spare_killed_from_outside_is_replaced_not_taken_for_an_oom():
     run_guarded(workers.add, 1, 1, cap_mb=200)
     (waiting,) = _waiting_children()
@@ -187,6 +200,7 @@ def test_a_spare_killed_from_outside_is_replaced_not_taken_for_an_oom():
     assert run_guarded(workers.add, 2, 3, cap_mb=200) == 5
 
 
+@pytest.mark.usefixtures("spares_only")
 def test_a_spare_that_dies_as_its_call_is_handed_is_replaced(monkeypatch):
     # The race the liveness check cannot close: the spare dies after poll() said it runs, so
     # handing it the call meets a closed pipe; the guard starts another child for the call.
@@ -202,6 +216,7 @@ def test_a_spare_that_dies_as_its_call_is_handed_is_replaced(monkeypatch):
     assert run_guarded(workers.add, 2, 3, cap_mb=200) == 5
 
 
+@pytest.mark.usefixtures("spares_only")
 def test_a_forked_process_never_takes_its_parents_spare():
     run_guarded(workers.add, 1, 1, cap_mb=200)
     (before,) = _waiting_children()

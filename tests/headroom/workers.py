@@ -77,3 +77,16 @@ def started_at() -> float:
 
 def environment_value(name: str) -> str | None:
     return os.environ.get(name)
+
+
+def parents() -> tuple[int, int]:
+    """(this process, its parent)."""
+    return os.getpid(), os.getppid()
+
+
+def write_pid_and_wait(pidfile: str) -> None:
+    """Write this process's pid, then wait to be killed."""
+    with open(pidfile, "w") as handle:
+        handle.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)

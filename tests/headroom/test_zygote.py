@@ -1,0 +1,97 @@
+"""Guarded calls forked from a warm fork server: real servers, real forked children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from headroom import OutOfMemory, run_guarded, zygote
+from tests.headroom import threaded_body, workers
+
+
+def _server_of(module: str) -> zygote._Server:
+    (server,) = [s for s in zygote._servers.values() if s.module == module]
+    return server
+
+
+def test_each_call_runs_in_a_fresh_child_forked_by_one_server():
+    first_pid, first_parent = run_guarded(workers.parents, cap_mb=200)
+    second_pid, second_parent = run_guarded(workers.parents, cap_mb=200)
+    server = _server_of(workers.__name__)
+    assert first_parent == second_parent == server.process.pid != os.getpid()
+    assert first_pid != second_pid
+    assert server.process.poll() is None and not server.busy()
+
+
+def test_a_forked_child_is_capped_and_killed_like_any_other():
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(workers.allocate, 2000, 50, cap_mb=300)
+    assert caught.value.kind == "watchdog"
+    assert 300 < caught.value.peak_mb < 300 * 1.15
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(workers.kill_self, cap_mb=200)
+    assert caught.value.kind == "oom-killer"
+    assert run_guarded(workers.add, 2, 3, cap_mb=200) == 5
+
+
+def test_another_environment_gets_another_server(monkeypatch):
+    run_guarded(workers.add, 1, 1, cap_mb=200)
+    before = _server_of(workers.__name__)
+    monkeypatch.setenv("HEADROOM_TEST_MARK", "after the server started")
+    assert run_guarded(workers.environment_value, "HEADROOM_TEST_MARK", cap_mb=200) == (
+        "after the server started"
+    )
+    after = _server_of(workers.__name__)
+    assert after is not before
+    before.process.wait(10)  # the retired server, idle, went
+
+
+def test_a_module_that_starts_threads_on_import_is_not_forked_from():
+    for _ in range(2):
+        pid, parent = run_guarded(threaded_body.parents, cap_mb=200)
+        assert parent == os.getpid()
+    assert threaded_body.__name__ in zygote._unforkable
+
+
+def test_a_server_killed_under_a_running_call_fails_that_call_only(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pidfile = tmp_path / "child.pid"
+    run_guarded(workers.add, 1, 1, cap_mb=200)
+    server = _server_of(workers.__name__)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(run_guarded, workers.write_pid_and_wait, str(pidfile), cap_mb=200)
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline, "the forked child never started"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        os.kill(server.process.pid, signal.SIGKILL)
+        with pytest.raises(OutOfMemory) as caught:
+            call.result(timeout=30)
+    assert caught.value.kind == "oom-killer"  # a SIGKILL this process did not send
+    deadline = time.monotonic() + 10
+    while (
+        os.path.exists(f"/proc/{child}") and "State:\tZ" not in open(f"/proc/{child}/status").read()
+    ):
+        assert time.monotonic() < deadline, "the forked child outlived its server"
+        time.sleep(0.05)
+    assert run_guarded(workers.add, 2, 2, cap_mb=200) == 4  # a new server
+    assert _server_of(workers.__name__) is not server
+
+
+def test_fork_servers_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv(zygote.ENV_FORK, "0")
+    pid, parent = run_guarded(workers.parents, cap_mb=200)
+    assert parent == os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return "State:\tZ" not in handle.read()
+    except FileNotFoundError:
+        return False
