@@ -216,10 +216,17 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 @atexit.register
 def _close_servers() -> None:
+    """End every server and reap it: it exits once its children have (the CPU it and its
+    children used then counts in this process's own rusage, as a spare's does)."""
     with _lock:
         servers = list(_servers.values())
         _servers.clear()
     for server in servers:
         server.close()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(server.process.pid, signal.SIGKILL)
+    for server in servers:
+        try:
+            server.process.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()

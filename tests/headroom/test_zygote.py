@@ -95,3 +95,24 @@ def _alive(pid: int) -> bool:
             return "State:\tZ" not in handle.read()
     except FileNotFoundError:
         return False
+
+
+def test_the_cpu_of_forked_children_counts_in_the_calling_process(tmp_path):
+    # A benchmark measures a process tree by its rusage: the server and its children must be
+    # reaped, not left to init, when the process that used them exits.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        f"import sys; sys.path.insert(0, {str(root)!r})\n"
+        "from headroom import run_guarded\n"
+        "from tests.headroom import workers\n"
+        "for _ in range(2):\n"
+        "    run_guarded(workers.spin, 0.6, cap_mb=200)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    _, status, usage = os.wait4(parent.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert usage.ru_utime + usage.ru_stime > 1.2  # both calls' 0.6 s of CPU, and more

@@ -90,3 +90,11 @@ def write_pid_and_wait(pidfile: str) -> None:
         handle.write(str(os.getpid()))
     while True:
         time.sleep(0.05)
+
+
+def spin(seconds: float) -> float:
+    """Burn ``seconds`` of CPU time; returns the CPU time used."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return time.process_time() - start
