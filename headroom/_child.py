@@ -214,6 +214,9 @@ def _run_forked(call: dict, server: int, server_fds: tuple[int, ...]) -> None:
     if os.getppid() != server:  # the server died before prctl took effect
         os._exit(137)
     os.environ["HEADROOM_CAP_MB"] = str(call["cap_mb"])
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:  # as a fresh process would be (``random`` reseeds at fork)
+        numpy_random.seed()
     try:
         main(call["call"], call["result"])
     finally:  # main exits itself; anything else must never run the server's loop here

@@ -116,3 +116,15 @@ def test_the_cpu_of_forked_children_counts_in_the_calling_process(tmp_path):
     _, status, usage = os.wait4(parent.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert usage.ru_utime + usage.ru_stime > 1.2  # both calls' 0.6 s of CPU, and more
+
+
+def test_forked_children_do_not_share_random_state(monkeypatch):
+    # numpy with one BLAS thread leaves the server single-threaded: its children are forked,
+    # and each must draw its own numbers, as a fresh process would.
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    from tests.headroom import numpy_body
+
+    draws = [run_guarded(numpy_body.draw, cap_mb=300) for _ in range(3)]
+    assert numpy_body.__name__ not in zygote._unforkable  # forked, not spawned
+    assert len({d[0] for d in draws}) == 3 and len({d[1] for d in draws}) == 3
