@@ -48,6 +48,7 @@ def apply_limits(limits: Limits | None = None, budget: Budget | None = None) -> 
     with get_client(sync_client=True) as client:
         for name, size in plan.items():
             client.upsert_global_concurrency_limit_by_name(name, size)
+        crash_dead_runs(client)
         if not _active_runs(client):
             for name in plan:
                 current = client.read_global_concurrency_limit_by_name(name)
@@ -59,6 +60,39 @@ def apply_limits(limits: Limits | None = None, budget: Budget | None = None) -> 
                         name, GlobalConcurrencyLimitUpdate(active_slots=0)
                     )
     return plan
+
+
+def crash_dead_runs(client) -> list[str]:
+    """Mark Crashed the Running flow runs whose process, on this host, is gone (killed with
+    its ephemeral server, nothing left to report it): otherwise they stay Running for ever
+    and hold back the giving back of their slots. Returns their ids."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from headroom import runs
+
+    active = FlowRunFilter(
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
+        )
+    )
+    flow_runs = client.read_flow_runs(flow_run_filter=active, limit=200)
+    dead = runs.gone(str(r.id) for r in flow_runs)
+    for flow_run in flow_runs:
+        detail = dead.get(str(flow_run.id))
+        if detail is None:
+            continue
+        log.warning("flow run %s is Running but %s: marking it Crashed", flow_run.name, detail)
+        client.set_flow_run_state(
+            flow_run.id, Crashed(message=f"Crashed: {detail} (found by setup)"), force=True
+        )
+        runs.forget_process(str(flow_run.id))
+    return list(dead)
 
 
 def _active_runs(client) -> int:

@@ -601,8 +601,29 @@ def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
     )
 
 
+def note_process_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """Record which process on which host runs this flow run (headroom.runs)."""
+    from headroom import runs
+
+    try:
+        runs.record_process(str(flow_run.id))
+    except OSError as exc:  # a record must never stop the run
+        import logging
+
+        logging.getLogger(__name__).warning("could not record the run's process: %s", exc)
+
+
+def forget_process_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    from headroom import runs
+
+    with contextlib.suppress(OSError):
+        runs.forget_process(str(flow_run.id))
+
+
 FLOW_HOOKS: dict[str, list[Callable[..., None]]] = {
-    "on_completion": [memory_report_hook],
-    "on_failure": [memory_report_hook],
-    "on_crashed": [crash_rerun_hook, memory_report_hook],
+    "on_running": [note_process_hook],
+    "on_completion": [memory_report_hook, forget_process_hook],
+    "on_failure": [memory_report_hook, forget_process_hook],
+    "on_crashed": [crash_rerun_hook, memory_report_hook, forget_process_hook],
+    "on_cancellation": [forget_process_hook],
 }

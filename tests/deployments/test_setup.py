@@ -58,3 +58,51 @@ def test_another_hosts_setup_keeps_the_automation_window(monkeypatch):
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(first)
+
+
+def test_a_run_whose_process_was_killed_is_crashed_by_setup(tmp_path):
+    # The flow-run process dies with SIGKILL (with an ephemeral server, nothing is left to
+    # report it): its run stays Running until setup finds its process gone on this host.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from deployments.setup import crash_dead_runs
+
+    pidfile = tmp_path / "flow.pid"
+    script = (
+        "import os, sys, time\n"
+        "from prefect import flow\n"
+        "from headroom.prefect import FLOW_HOOKS\n"
+        "@flow(name='headroom-test-killed', **FLOW_HOOKS)\n"
+        "def killed(pidfile: str) -> None:\n"
+        "    open(pidfile, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "killed(sys.argv[1])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen([sys.executable, "-c", script, str(pidfile)], cwd=root)
+    try:
+        deadline = time.monotonic() + 90
+        while not pidfile.exists() or not pidfile.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, "the flow never ran"
+            time.sleep(0.1)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    with get_client(sync_client=True) as client:
+        (flow_run,) = [
+            r
+            for r in client.read_flow_runs()
+            if r.name
+            and r.state
+            and r.state.is_running()
+            and client.read_flow(r.flow_id).name == "headroom-test-killed"
+        ]
+        assert crash_dead_runs(client) == [str(flow_run.id)]
+        state = client.read_flow_run(flow_run.id).state
+        assert state.is_crashed() and "is gone" in state.message
+        assert crash_dead_runs(client) == []  # once

@@ -1,0 +1,68 @@
+"""Which process runs each flow run, so a Running run whose process is gone can be told apart.
+
+A flow-run process SIGKILLed together with its ephemeral server (the demo's Ctrl-\\, an OOM
+kill of the whole job) leaves its run Running in the server's database for ever, and the
+slots its tasks held stay taken: every later run then waits on them. Nothing on the server
+can tell such a run from a live one, but the host that ran it can: the flow's on_running hook
+records (host, pid, process start time) under the state directory, and the end hooks drop it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+from headroom.history import state_dir
+
+
+def _record_path(flow_run_id: str) -> Path:
+    return state_dir() / "runs" / f"{flow_run_id}.json"
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (None when it is gone):
+    with the pid, it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: fields follow the last ')'.
+    return int(text[text.rindex(b")") + 2 :].split()[19])
+
+
+def record_process(flow_run_id: str) -> None:
+    """Note that this process, on this host, runs ``flow_run_id``."""
+    path = _record_path(flow_run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    record = {"host": socket.gethostname(), "pid": pid, "start": process_start(pid)}
+    temporary = path.with_name(f".{path.name}.{pid}")
+    temporary.write_text(json.dumps(record))
+    os.replace(temporary, path)
+
+
+def forget_process(flow_run_id: str) -> None:
+    _record_path(flow_run_id).unlink(missing_ok=True)
+
+
+def gone(flow_run_ids: Iterable[str]) -> dict[str, str]:
+    """Of these flow runs, those recorded on this host whose process no longer exists:
+    {flow run id: what was found}. Runs with no record here (another host's, or a process
+    that never reported) are left out: nothing is known of them."""
+    host = socket.gethostname()
+    found: dict[str, str] = {}
+    for flow_run_id in flow_run_ids:
+        try:
+            record = json.loads(_record_path(str(flow_run_id)).read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("host") != host:
+            continue
+        pid = int(record.get("pid", 0))
+        if pid and process_start(pid) != record.get("start"):
+            found[str(flow_run_id)] = f"its process (pid {pid} on {host}) is gone"
+    return found
