@@ -18,7 +18,6 @@ from prefect import flow, get_run_logger, task
 from flows import mitma_od_core as core
 from flows.mitma_od_core import DEFAULT_SOURCE, BadInput, MitmaParams, ZoneType
 from headroom import Chunking
-from headroom.budget import usable_cores
 from headroom.prefect import (
     FLOW_HOOKS,
     ChunkScale,
@@ -48,6 +47,9 @@ stage_day = budgeted_task(
     chunk=Chunking("rows_per_group", default=122_880, floor=8_192, ceiling=262_144),
     input_bytes=lambda kw: _file_size(kw["raw_path"]),
     name="stage-mitma-day",
+    # A day is one DuckDB thread that never waits on I/O: no more days run at once than cores,
+    # while the rest of the pool waits admitted (see headroom.prefect.cpu_slots).
+    threads=1,
 )
 # One writer task loads every staged day of the run (a transaction per day) over one connection:
 # the writer's slot is handed over once per run, not once per day.
@@ -137,9 +139,6 @@ def ingest_mitma_od(
         if outcome.ok:
             raw_paths[Path(outcome.item["destination"]).name] = outcome.value["path"]
 
-    # A staging day is one DuckDB thread that never waits on I/O: days beyond the core count add
-    # no throughput, only CPU (their processes evict each other's caches; 8 days at once on 2
-    # cores cost 3.51 CPU-s a day against 2.96-3.24 at 2) and memory.
     stages = map_bounded(
         stage_day,
         [
@@ -155,7 +154,7 @@ def ingest_mitma_od(
             for f in discovery.files
             if f.name in raw_paths
         ],
-        max_workers=min(params.max_workers, usable_cores()),
+        max_workers=params.max_workers,
         chunk_scale=params.chunk_scale,
     )
     # One writer: days load in date order, one transaction each.
