@@ -308,9 +308,10 @@ def cpu_slots(threads: int | None):
         return
     from headroom.budget import usable_cores
 
-    want = min(threads, usable_cores())
+    cores = usable_cores()
+    want = min(threads, cores)
     with _cpu_lock:
-        _cpu_lock.wait_for(lambda: _cpu_busy[0] + want <= usable_cores())
+        _cpu_lock.wait_for(lambda: _cpu_busy[0] + want <= cores)
         _cpu_busy[0] += want
     try:
         yield

@@ -31,3 +31,32 @@ def test_cap_overrides_replace_declared_caps_and_skip_unknown_tags(tmp_path, cap
     assert changed.cap_mb("fraud-gen", budget) == limits.cap_mb("fraud-gen", budget)
     assert "mitma_od" not in changed.tags
     assert "'mitma_od'" in caplog.text and "does not declare" in caplog.text
+
+
+def test_cpu_bound_tasks_of_a_process_run_no_more_at_once_than_cores():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from headroom.budget import usable_cores
+    from headroom.prefect import cpu_slots
+
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def body(threads: int | None) -> None:
+        with cpu_slots(threads):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.2)
+            with lock:
+                running[0] -= 1
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(body, [1] * 6))
+    assert most[0] == min(6, usable_cores())
+    most[0] = 0
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(body, [None] * 6))  # not CPU-bound: no bound
+    assert most[0] == 6
