@@ -118,6 +118,10 @@ class _Server:
         if not replied.wait(REPLY_TIMEOUT_S) or child.pid is None:
             with self._lock:
                 self._waiting.pop(token, None)
+                self.state = "gone"
+            # It must never fork this call late, beside the child the caller starts instead.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             raise OSError(f"the fork server of {self.module} did not fork the call")
 
     def busy(self) -> bool:
