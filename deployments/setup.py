@@ -66,22 +66,11 @@ def crash_dead_runs(client) -> list[str]:
     """Mark Crashed the Running flow runs whose process, on this host, is gone (killed with
     its ephemeral server, nothing left to report it): otherwise they stay Running for ever
     and hold back the giving back of their slots. Returns their ids."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
 
     from headroom import runs
 
-    active = FlowRunFilter(
-        state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
-        )
-    )
-    flow_runs = client.read_flow_runs(flow_run_filter=active, limit=200)
+    flow_runs = client.read_flow_runs(flow_run_filter=_active_filter(), limit=200)
     dead = runs.gone(str(r.id) for r in flow_runs)
     for flow_run in flow_runs:
         detail = dead.get(str(flow_run.id))
@@ -95,7 +84,8 @@ def crash_dead_runs(client) -> list[str]:
     return list(dead)
 
 
-def _active_runs(client) -> int:
+def _active_filter():
+    """Flow runs that are Running or Cancelling."""
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterState,
@@ -103,12 +93,15 @@ def _active_runs(client) -> int:
     )
     from prefect.client.schemas.objects import StateType
 
-    active = FlowRunFilter(
+    return FlowRunFilter(
         state=FlowRunFilterState(
             type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
         )
     )
-    return len(client.read_flow_runs(flow_run_filter=active, limit=1))
+
+
+def _active_runs(client) -> int:
+    return len(client.read_flow_runs(flow_run_filter=_active_filter(), limit=1))
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:

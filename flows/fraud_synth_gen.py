@@ -424,7 +424,8 @@ def write_transaction_file(
     dataset = DatasetSpec.from_dict(spec)
     rows = dataset.rows_in_file(index)
     storage = open_out(out)
-    world = cached_world(dataset, fingerprint(dataset))
+    key = fingerprint(dataset)
+    world = cached_world(dataset, key)
     _release_freed_memory()
     hasher = xxhash.xxh3_128()
     tally = np.zeros(len(SCENARIOS), dtype=np.int64)
@@ -456,7 +457,7 @@ def write_transaction_file(
         "max_ts_ms": max_ts,
         "fraud": {name: int(tally[i]) for i, name in enumerate(SCENARIOS) if i},
         "checksum": CHECKSUM_PREFIX + hasher.hexdigest(),
-        "fingerprint": fingerprint(dataset),
+        "fingerprint": key,
     }
     storage.write_json(sidecar_path(index), entry)
     log.info("wrote %s: %d rows, %d bytes", relative, rows, entry["bytes"])

@@ -255,9 +255,7 @@ def _kill_tree(child: subprocess.Popen[bytes] | spare.ForkedChild) -> None:
         return
     try:
         os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:  # a forked child not yet in its own session, or gone
-        child.kill()
-    except PermissionError:
+    except (ProcessLookupError, PermissionError):  # a forked child not yet in its own session
         child.kill()
     child.wait()
 

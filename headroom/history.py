@@ -19,6 +19,11 @@ def state_dir() -> Path:
     return Path(os.environ.get(ENV_STATE_DIR) or Path.cwd() / ".headroom")
 
 
+def runs_dir() -> Path:
+    """Per flow run files: its attempts (headroom.report), its process (headroom.runs)."""
+    return state_dir() / "runs"
+
+
 class History:
     """Per (task, input size class): measured peak bytes per row of successful attempts."""
 

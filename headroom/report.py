@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from headroom.history import state_dir
+from headroom.history import runs_dir, state_dir
 from headroom.units import format_mib
 
 
@@ -46,7 +46,7 @@ class Attempt:
 
 
 def attempts_file(flow_run_id: str) -> Path:
-    return state_dir() / "runs" / f"{flow_run_id}.jsonl"
+    return runs_dir() / f"{flow_run_id}.jsonl"
 
 
 def record_attempt(flow_run_id: str | None, attempt: Attempt) -> None:

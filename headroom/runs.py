@@ -15,23 +15,31 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from headroom.history import state_dir
+from headroom.history import runs_dir
 
 
 def _record_path(flow_run_id: str) -> Path:
-    return state_dir() / "runs" / f"{flow_run_id}.json"
+    return runs_dir() / f"{flow_run_id}.json"
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (None when it is gone):
-    with the pid, it names one process even after the pid is reused."""
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None when it is gone or a
+    zombie: with the pid, it names one process even after the pid is reused."""
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            text = handle.read()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except psutil.Error:
         return None
-    # The command name (field 2) may hold spaces and parentheses: fields follow the last ')'.
-    return int(text[text.rindex(b")") + 2 :].split()[19])
+
+
+def same_process(pid: int, started: float | None) -> bool:
+    """Whether ``pid`` still is the process that started at ``started``."""
+    now = process_start(pid)
+    return now is not None and started is not None and abs(now - float(started)) <= 0.01
 
 
 def record_process(flow_run_id: str) -> None:
@@ -63,6 +71,6 @@ def gone(flow_run_ids: Iterable[str]) -> dict[str, str]:
         if record.get("host") != host:
             continue
         pid = int(record.get("pid", 0))
-        if pid and process_start(pid) != record.get("start"):
+        if pid and not same_process(pid, record.get("start")):
             found[str(flow_run_id)] = f"its process (pid {pid} on {host}) is gone"
     return found

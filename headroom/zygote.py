@@ -70,7 +70,6 @@ class _Server:
     """One fork server: its process, its control pipe and the children it forked."""
 
     def __init__(self, env: dict[str, str], cwd: str, module: str) -> None:
-        self.key = (tuple(sorted(env.items())), cwd, module)
         self.module = module
         self.state = "starting"
         self._answered = threading.Event()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployments.production.pg import PgSettings, create_database
+from headroom.runs import process_start, same_process
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,6 @@ def _pid_file(settings: ServerSettings, name: str) -> Path:
 
 def _launch(settings: ServerSettings, name: str, argv: list[str], env: dict[str, str]) -> int:
     """Start ``argv`` in its own process group, logging to <state>/<name>.log; record its PID."""
-    import psutil
-
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     if (pid := running_pid(settings, name)) is not None:
         raise RuntimeError(f"{name} already runs as PID {pid}; stop it first")
@@ -186,26 +185,19 @@ def _launch(settings: ServerSettings, name: str, argv: list[str], env: dict[str,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() takes its children too
         )
-    started = psutil.Process(process.pid).create_time()
+    started = process_start(process.pid)
     _pid_file(settings, name).write_text(f"{process.pid} {started}\n")
     return process.pid
 
 
 def running_pid(settings: ServerSettings, name: str) -> int | None:
     """The PID recorded for ``name`` if that very process (same start time) still runs."""
-    import psutil
-
-    path = _pid_file(settings, name)
     try:
-        pid_text, started_text = path.read_text().split()
-        process = psutil.Process(int(pid_text))
-        if abs(process.create_time() - float(started_text)) > 0.01:
-            return None  # the PID was recycled by another process
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process.pid
-    except (FileNotFoundError, ValueError, psutil.Error):
+        pid_text, started_text = _pid_file(settings, name).read_text().split()
+        pid, started = int(pid_text), float(started_text)
+    except (FileNotFoundError, ValueError):
         return None
+    return pid if same_process(pid, started) else None  # else recycled, or gone
 
 
 def _stop_one(settings: ServerSettings, name: str, grace_s: float = 10.0) -> bool:
@@ -216,7 +208,7 @@ def _stop_one(settings: ServerSettings, name: str, grace_s: float = 10.0) -> boo
         return False
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and process_start(pid) is not None:
         time.sleep(0.2)
     _signal_group(pid, signal.SIGKILL)  # whatever is left of the group, children included
     return True
@@ -227,15 +219,6 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def process_names(settings: ServerSettings) -> list[str]:
@@ -279,7 +262,7 @@ def start_server(
     )
     deadline = time.monotonic() + timeout_s
     while not healthy(settings):
-        if not _alive(pid):
+        if process_start(pid) is None:
             tail = (settings.state_dir / "server.log").read_text()[-3000:]
             raise RuntimeError(f"the Prefect server exited during start-up:\n{tail}")
         if time.monotonic() > deadline:

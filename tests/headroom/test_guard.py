@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from headroom import ChildFailed, GuardTimeout, OutOfMemory, run_guarded, run_guarded_measured
+from headroom.runs import process_start
 from tests.headroom import workers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,17 +106,9 @@ def test_killing_the_parent_kills_the_child(tmp_path):
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
-    while _alive(child_pid):
+    while process_start(child_pid) is not None:
         assert time.monotonic() < deadline, "the child outlived its parent"
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            return "State:\tZ" not in handle.read()
-    except FileNotFoundError:
-        return False
 
 
 def test_the_child_knows_its_cap():

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from headroom import OutOfMemory, run_guarded, zygote
+from headroom.runs import process_start
 from tests.headroom import threaded_body, workers
 
 
@@ -74,9 +75,7 @@ def test_a_server_killed_under_a_running_call_fails_that_call_only(tmp_path):
             call.result(timeout=30)
     assert caught.value.kind == "oom-killer"  # a SIGKILL this process did not send
     deadline = time.monotonic() + 10
-    while (
-        os.path.exists(f"/proc/{child}") and "State:\tZ" not in open(f"/proc/{child}/status").read()
-    ):
+    while process_start(child) is not None:
         assert time.monotonic() < deadline, "the forked child outlived its server"
         time.sleep(0.05)
     assert run_guarded(workers.add, 2, 2, cap_mb=200) == 4  # a new server
@@ -87,14 +86,6 @@ def test_fork_servers_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(zygote.ENV_FORK, "0")
     pid, parent = run_guarded(workers.parents, cap_mb=200)
     assert parent == os.getpid()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            return "State:\tZ" not in handle.read()
-    except FileNotFoundError:
-        return False
 
 
 def test_the_cpu_of_forked_children_counts_in_the_calling_process(tmp_path):
