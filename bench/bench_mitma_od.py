@@ -413,8 +413,8 @@ the single writer copies Parquet into bronze (published domains kept as ENUMs) i
 per day after the last day is staged; it also pays Prefect's task orchestration (a few CPU-s
 of the flow process, a third of it importing Prefect) and a child per task, forked from a fork
 server that imported the DuckDB module once (about 14 ms of CPU a call instead of 145 ms).
-On this shared machine the ratio moved between runs of the same day: 0.91x, 0.84x (ours 90.3
-CPU-s, bare 75.7; cause not found) and 0.91x again.
+Earlier runs the same day, before the fork server held DuckDB (each child imported it):
+0.91x, 0.84x (ours 90.3 CPU-s, bare 75.7; cause not found) and 0.91x.
 Bare DuckDB parses once, types guessed, with no rejects, no provenance columns and no per-day
 replace.{scaled}"""
 
