@@ -7,7 +7,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
-from deployments.production.automations import ensure_heartbeat_automation
+from deployments.production.automations import ensure_automations
 from deployments.setup import (
     FLOW_HEARTBEAT_S,
     HEARTBEAT_VARIABLE,
@@ -45,13 +45,13 @@ def test_the_pool_pins_the_heartbeat_of_its_flow_runs():
 def test_another_hosts_setup_keeps_the_automation_window(monkeypatch):
     monkeypatch.delenv("HEADROOM_ZOMBIE_AFTER_S", raising=False)
     name = "headroom-test: zombie window"
-    first = ensure_heartbeat_automation(within_s=120, name=name)
+    first = ensure_automations(within_s=120, name=name)
     try:
-        assert ensure_heartbeat_automation(name=name) == first
+        assert ensure_automations(name=name) == first
         with get_client(sync_client=True) as client:
             (automation,) = client.read_automations_by_name(name=name)
         assert automation.trigger.within.total_seconds() == 120
-        ensure_heartbeat_automation(within_s=95, name=name)  # an explicit window still wins
+        ensure_automations(within_s=95, name=name)  # an explicit window still wins
         with get_client(sync_client=True) as client:
             (automation,) = client.read_automations_by_name(name=name)
         assert automation.trigger.within.total_seconds() == 95

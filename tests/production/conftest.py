@@ -129,12 +129,12 @@ def stack(pg_settings: PgSettings, tmp_path_factory: pytest.TempPathFactory) -> 
         with temporary_settings(
             {PREFECT_API_URL: settings.api_url, PREFECT_API_AUTH_STRING: settings.auth_string}
         ):
-            from deployments.production.automations import ensure_heartbeat_automation
+            from deployments.production.automations import ensure_automations
             from deployments.setup import apply_limits, ensure_work_pool
 
             apply_limits()
             ensure_work_pool()
-            ensure_heartbeat_automation(ZOMBIE_AFTER_S)
+            ensure_automations(ZOMBIE_AFTER_S)
             server.deploy(settings, prefect_file=_test_prefect_yaml(state / "prefect.yaml"))
             server.start_workers(settings, 1)
             yield built
