@@ -15,7 +15,9 @@ import argparse
 import logging
 
 from headroom.budget import Budget
-from headroom.limits import Limits, memory_limit_name
+from headroom.limits import Limits
+from headroom.local_server import crash_dead_runs, give_back_stranded
+from headroom.prefect import planned_limits
 from headroom.units import format_mib
 
 log = logging.getLogger("deployments.setup")
@@ -28,80 +30,18 @@ FLOW_HEARTBEAT_S = 30
 HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
 
-def planned_limits(limits: Limits | None = None, budget: Budget | None = None) -> dict[str, int]:
-    """Every global concurrency limit headroom needs, by name, with its size."""
-    from headroom.prefect import current_budget
-
-    limits = limits or Limits.load()
-    budget = budget or current_budget()
-    plan = {f"tag:{tag}": spec.slots for tag, spec in limits.tags.items()}
-    plan[memory_limit_name()] = limits.host_limit_mb(budget)
-    return plan
-
-
 def apply_limits(limits: Limits | None = None, budget: Budget | None = None) -> dict[str, int]:
-    """Create or resize every limit; give back leaked slots when no run is active."""
+    """Create or resize every limit; crash dead runs of this host; give back leaked slots when
+    no run is active."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
     plan = planned_limits(limits, budget)
     with get_client(sync_client=True) as client:
         for name, size in plan.items():
             client.upsert_global_concurrency_limit_by_name(name, size)
         crash_dead_runs(client)
-        if not _active_runs(client):
-            for name in plan:
-                current = client.read_global_concurrency_limit_by_name(name)
-                if current.active_slots:
-                    log.warning(
-                        "%s: %d slots held by no run: giving them back", name, current.active_slots
-                    )
-                    client.update_global_concurrency_limit(
-                        name, GlobalConcurrencyLimitUpdate(active_slots=0)
-                    )
+        give_back_stranded(client, list(plan))
     return plan
-
-
-def crash_dead_runs(client) -> list[str]:
-    """Mark Crashed the Running flow runs whose process, on this host, is gone (killed with
-    its ephemeral server, nothing left to report it): otherwise they stay Running for ever
-    and hold back the giving back of their slots. Returns their ids."""
-    from prefect.states import Crashed
-
-    from headroom import runs
-
-    flow_runs = client.read_flow_runs(flow_run_filter=_active_filter(), limit=200)
-    dead = runs.gone(str(r.id) for r in flow_runs)
-    for flow_run in flow_runs:
-        detail = dead.get(str(flow_run.id))
-        if detail is None:
-            continue
-        log.warning("flow run %s is Running but %s: marking it Crashed", flow_run.name, detail)
-        client.set_flow_run_state(
-            flow_run.id, Crashed(message=f"Crashed: {detail} (found by setup)"), force=True
-        )
-        runs.forget_process(str(flow_run.id))
-    return list(dead)
-
-
-def _active_filter():
-    """Flow runs that are Running or Cancelling."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    return FlowRunFilter(
-        state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
-        )
-    )
-
-
-def _active_runs(client) -> int:
-    return len(client.read_flow_runs(flow_run_filter=_active_filter(), limit=1))
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:
@@ -157,9 +97,9 @@ def setup() -> dict[str, object]:
     ensure_work_pool()
     slugs = register_blocks()
     share = record_gpu_share()
-    from deployments.production.automations import ensure_heartbeat_automation
+    from deployments.production.automations import ensure_automations
 
-    automation = ensure_heartbeat_automation()
+    automation = ensure_automations()
     return {
         "limits": plan,
         "work_pool": WORK_POOL,

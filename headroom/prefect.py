@@ -43,7 +43,6 @@ OOM_KINDS = frozenset(OutOfMemory.KINDS)
 FLOW_TAG_OOM = "headroom:oom"
 FLOW_TAG_FLOOR = "headroom:chunk-floor"
 RERUN_TAG = "headroom:rerun"
-MAX_CRASH_RERUNS = 3
 _LIMIT_CACHE_S = 30.0
 # Memory slots of a lost host come back when their lease expires; Prefect's default is 300 s.
 # The engine's tag slots use 60 s, so both come back together.
@@ -103,6 +102,15 @@ def current_limits() -> Limits:
     if block is not None and block.tag_caps:
         return limits.with_caps(block.tag_caps, "memory-budget block")
     return limits
+
+
+def planned_limits(limits: Limits | None = None, budget: Budget | None = None) -> dict[str, int]:
+    """Every global concurrency limit headroom needs, by name, with its size."""
+    limits = limits or current_limits()
+    budget = budget or current_budget()
+    plan = {f"tag:{tag}": spec.slots for tag, spec in limits.tags.items()}
+    plan[memory_limit_name()] = limits.host_limit_mb(budget)
+    return plan
 
 
 def budgeted_task(
@@ -600,25 +608,28 @@ def memory_report_hook(flow: Any, flow_run: Any, state: Any) -> None:
 def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """When a deployment's flow-run process is killed, run it again with chunk_scale halved.
 
-    At most MAX_CRASH_RERUNS times in a chain; the reason is in the new run's name and tags.
+    The rule is headroom.reruns' (shared with the lost-host automation): at most MAX_RERUNS in
+    a lineage, and one re-run per lost run whoever reports the loss (an idempotency key).
     """
     import logging
 
     from prefect.deployments import run_deployment
 
+    from headroom.reruns import EXHAUSTED, RERUN_KEY, rerun_parameters
+
     log = logging.getLogger(__name__)
     if not getattr(flow_run, "deployment_id", None):
         log.warning("flow run %s crashed outside a deployment: not re-run", flow_run.name)
         return
+    parameters = rerun_parameters(dict(flow_run.parameters or {}))
+    if parameters is None:
+        scale = float((flow_run.parameters or {}).get("chunk_scale", 1.0))
+        log.error("flow run %s crashed: %s", flow_run.name, EXHAUSTED.format(scale=scale))
+        return
     done = max(
         [int(t.rsplit("-", 1)[1]) for t in flow_run.tags if t.startswith(RERUN_TAG + "-")] or [0]
     )
-    if done >= MAX_CRASH_RERUNS:
-        log.error("flow run %s crashed after %d re-runs: giving up", flow_run.name, done)
-        return
-    parameters = dict(flow_run.parameters or {})
-    scale = float(parameters.get("chunk_scale", 1.0)) / 2
-    parameters["chunk_scale"] = scale
+    scale = parameters["chunk_scale"]
     tags = [t for t in flow_run.tags if not t.startswith(RERUN_TAG)]
     reason = (state.message or "crashed").splitlines()[0][:80]
     new_run: Any = run_deployment(
@@ -626,6 +637,7 @@ def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
         parameters=parameters,
         flow_run_name=f"{flow_run.name}-rerun{done + 1}-scale{scale:g}",
         tags=[*tags, f"{RERUN_TAG}-{done + 1}", "headroom:after-crash"],
+        idempotency_key=RERUN_KEY.format(flow_run_id=flow_run.id),
         timeout=0,
         as_subflow=False,
     )
@@ -639,15 +651,20 @@ def crash_rerun_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def note_process_hook(flow: Any, flow_run: Any, state: Any) -> None:
-    """Record which process on which host runs this flow run (headroom.runs)."""
-    from headroom import runs
+    """Record which process on which host runs this flow run (headroom.runs), and make a local
+    server ready for it (headroom.local_server: missing limits, dead runs, stranded slots)."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+
+    from headroom import local_server, runs
 
     try:
         runs.record_process(str(flow_run.id))
     except OSError as exc:  # a record must never stop the run
-        import logging
-
         logging.getLogger(__name__).warning("could not record the run's process: %s", exc)
+    with get_client(sync_client=True) as client:
+        local_server.prepare(client, str(flow_run.id), planned_limits())
 
 
 def forget_process_hook(flow: Any, flow_run: Any, state: Any) -> None:
