@@ -80,3 +80,27 @@ def test_fraud_synth_refuses_a_plan_of_too_many_files(tmp_path, change, expected
     assert isinstance(error, BadInput), error
     assert "file_size" in str(error) and expected in str(error)
     assert not out.exists()
+
+
+def test_iso_lmp_run_fails_naming_a_partition_it_would_shrink(tmp_path):
+    from flows.iso_lmp import dataset
+    from flows.iso_lmp import samples as iso_samples
+    from flows.iso_lmp.base import Market
+    from flows.iso_lmp.flow import convert_iso_lmp
+    from headroom.prefect import ItemFailures
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    days = [iso_samples.ORDINARY, iso_samples.ORDINARY + timedelta(days=1)]
+    market = Market.DAY_AHEAD_HOURLY
+    paths = [iso_samples.write_day("NYISO", market, day, raw, 3) for day in days]
+    params = dict(iso="NYISO", start=days[0], end=days[1], raw=str(raw), out=str(out))
+    first = convert_iso_lmp(**params)
+    published = sum(iso_samples.truth("NYISO", market, day, 3).num_rows for day in days)
+    assert (first["failed"], first["rows_published"]) == (0, published)
+    paths[1].write_text(paths[1].read_text().splitlines()[0] + "\n")  # header only
+    with pytest.raises(ItemFailures) as caught:
+        convert_iso_lmp(**params)
+    [(name, reason)] = caught.value.failures
+    assert name == dataset.partition_path("NYISO", market.value, "2024-01")
+    assert f"would replace the {published:,} published" in reason
+    assert dataset.read_dataset(str(out)).num_rows == published
