@@ -15,6 +15,10 @@ from headroom.errors import BadInput
 from headroom.units import parse_size
 
 Compression = Literal["zstd", "snappy", "lz4", "gzip", "none"]
+MIN_FILE_BYTES = 1_000_000
+"""The smallest ``file_size``: below it a dataset is mostly files (and per-file overhead)."""
+MAX_FILES = 100_000
+"""The most transaction files one dataset may plan."""
 
 
 class FraudSynthParams(BaseModel):
@@ -51,12 +55,25 @@ class FraudSynthParams(BaseModel):
             raise ValueError(f"{info.field_name} must be more than 0 bytes, got {value!r}")
         return value
 
+    @field_validator("file_size")
+    @classmethod
+    def _file_size_floor(cls, value: str) -> str:
+        if 0 < parse_size(value, name="file_size") < MIN_FILE_BYTES:
+            raise ValueError(f"file_size must be at least 1MB, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> FraudSynthParams:
         if self.end < self.start:
             raise ValueError(f"end ({self.end}) is before start ({self.start})")
         if self.size is None and self.transactions is None:
             raise ValueError("give size or transactions")
+        files = self.planned_files()
+        if files > MAX_FILES:
+            raise ValueError(
+                f"file_size: {self.file_size!r} plans {files:,} files (at most {MAX_FILES:,}); "
+                "give a larger file_size"
+            )
         return self
 
     @classmethod
@@ -75,14 +92,24 @@ class FraudSynthParams(BaseModel):
     def size_bytes(self) -> int | None:
         return None if self.size is None else parse_size(self.size, name="size")
 
-    def dataset_spec(self) -> DatasetSpec:
-        """The content-deciding spec these parameters describe."""
+    def _transactions(self) -> tuple[int, int]:
+        """(transactions in all, transactions a file)."""
         transactions = self.transactions or transactions_for_size(
             self.size_bytes or 0, self.compression
         )
         per_file = transactions_for_size(
             parse_size(self.file_size, name="file_size"), self.compression
         )
+        return transactions, per_file
+
+    def planned_files(self) -> int:
+        """How many transaction files these parameters plan."""
+        transactions, per_file = self._transactions()
+        return -(-transactions // per_file)
+
+    def dataset_spec(self) -> DatasetSpec:
+        """The content-deciding spec these parameters describe."""
+        transactions, per_file = self._transactions()
         return plan_dataset(
             transactions=transactions,
             seed=self.seed,

@@ -16,7 +16,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows import mitma_od_core as core
-from flows.mitma_od_core import DEFAULT_SOURCE, BadInput, MitmaParams, ZoneType
+from flows.mitma_od_core import (
+    DEFAULT_SOURCE,
+    MIN_REPLACE_SHARE,
+    BadInput,
+    MitmaParams,
+    ZoneType,
+)
 from headroom import Chunking
 from headroom.prefect import (
     FLOW_HOOKS,
@@ -26,7 +32,9 @@ from headroom.prefect import (
     budgeted_task,
     map_bounded,
     raise_failures,
+    retry_unless_terminal,
 )
+from headroom.storage import check_writable
 
 download_day = budgeted_task(
     core.download_file,
@@ -65,7 +73,12 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-@task(name="discover-mitma-files", retries=2, retry_delay_seconds=5)
+@task(
+    name="discover-mitma-files",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_terminal,
+)
 def discover_files(source: str, zone_type: str, days: list[date]) -> core.Discovery:
     """The published daily files for ``days``, and the days without one."""
     return core.discover(source, zone_type, days)
@@ -88,6 +101,7 @@ def ingest_mitma_od(
     missing_only: bool = False,
     max_workers: MaxWorkers = 15,
     chunk_scale: ChunkScale = 1.0,
+    min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Load the MITMA daily OD files of a date range and zone type into bronze + silver."""
     params = MitmaParams(
@@ -102,12 +116,15 @@ def ingest_mitma_od(
         missing_only=missing_only,
         max_workers=max_workers,
         chunk_scale=chunk_scale,
+        min_replace_share=min_replace_share,
     )
     logger = get_run_logger()
     started = time.monotonic()
     cache = params.cache_root()
     raw_root, staging_root = cache / "raw", cache / "staging"
     rejects_root, temp_root = cache / "rejects", cache / "tmp"
+    # A full or read-only disk is the machine's fault: said once, before any file is read.
+    check_writable(Path(params.database).resolve().parent, raw_root, staging_root, rejects_root)
     leftovers = core.remove_stale_temporaries(raw_root, staging_root, rejects_root, temp_root)
     if leftovers:
         logger.info("removed %d temporary files of killed runs", len(leftovers))
@@ -163,14 +180,21 @@ def ingest_mitma_od(
     if staged:
         [batch] = map_bounded(
             load_days,
-            [{"database": params.database, "staged": staged, "temp_root": str(temp_root)}],
+            [
+                {
+                    "database": params.database,
+                    "staged": staged,
+                    "temp_root": str(temp_root),
+                    "min_replace_share": params.min_replace_share,
+                }
+            ],
             max_workers=1,
             chunk_scale=None,
         )
         if batch.ok:
             loads += [Outcome({"source_file": v["source_file"]}, v) for v in batch.value["loaded"]]
             loads += [
-                Outcome({"source_file": f["source_file"]}, error=BadInput(f["error"]))
+                Outcome({"source_file": f["source_file"]}, error=_load_error(f))
                 for f in batch.value["failed"]
             ]
         else:
@@ -210,6 +234,13 @@ def ingest_mitma_od(
         [o for o in [*downloads, *stages, *loads] if not o.ok], "MITMA daily files", _name_of
     )
     return summary
+
+
+def _load_error(failure: dict[str, str]) -> Exception:
+    """A day the writer could not load, as the error it met (bad input or DuckDB's own)."""
+    if failure.get("kind", "BadInput") == "BadInput":
+        return BadInput(failure["error"])
+    return RuntimeError(f"{failure['kind']}: {failure['error']}")
 
 
 def _publish_summary(

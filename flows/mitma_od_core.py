@@ -31,7 +31,9 @@ from urllib.parse import urljoin, urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.mitma_od_duckdb import (
+    MIN_REPLACE_SHARE,
     check_header,
+    check_replacement,
     csv_buffer_bytes,
     day_totals,
     duckdb_settings,
@@ -55,10 +57,11 @@ from flows.mitma_od_schema import (
     temporary_name,
 )
 from flows.mitma_od_schema import check_zone_type as _check_zone_type
-from headroom.errors import BadInput
+from headroom.errors import BadInput, output_fault
 from headroom.storage import TMP_MARK
 
 __all__ = [
+    "MIN_REPLACE_SHARE",
     "BRONZE_TABLE",
     "BRONZE_TYPES",
     "COLUMNS",
@@ -73,6 +76,7 @@ __all__ = [
     "TransientDownloadError",
     "ZoneType",
     "check_header",
+    "check_replacement",
     "cleanup_after_load",
     "csv_buffer_bytes",
     "daily_name",
@@ -132,6 +136,13 @@ class MitmaParams(BaseModel):
         15, ge=1, le=64, description="Days processed at once by this run (staged: one a core)."
     )
     chunk_scale: float = Field(1.0, gt=0, le=1, description="Scale of every first chunk size.")
+    min_replace_share: float = Field(
+        MIN_REPLACE_SHARE,
+        ge=0,
+        le=1,
+        description="A loaded day is replaced only by at least this share of its rows "
+        "(0: any file, even an empty one, replaces it).",
+    )
 
     @field_validator("source")
     @classmethod
@@ -398,6 +409,9 @@ def download_file(url: str, destination: str, timeout_s: float = 60.0) -> dict[s
         except (OSError, TimeoutError, http.client.HTTPException) as exc:
             if isinstance(exc, TransientDownloadError):
                 raise
+            fault = output_fault(exc, str(final.parent))
+            if fault is not None:  # the cache's disk, not the connection: no retry mends it
+                raise fault from None
             raise TransientDownloadError(f"{url}: {exc}") from None
         except BaseException:
             temporary.unlink(missing_ok=True)

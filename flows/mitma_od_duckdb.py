@@ -35,7 +35,7 @@ from flows.mitma_od_schema import (
     published,
 )
 from headroom.budget import usable_cores
-from headroom.errors import BadInput
+from headroom.errors import BadInput, OutputUnavailable, output_fault
 from headroom.units import duckdb_limit
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ def check_header(path: str, name: str | None = None) -> None:
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise BadInput(f"{name}: not a readable gzip file ({exc})") from None
     text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    if not text.strip():
+        size = Path(path).stat().st_size
+        raise BadInput(f"{name}: empty file ({size:,} bytes: no header, no rows)")
     got = tuple(text.split("|"))
     if got != COLUMNS:
         missing = [c for c in COLUMNS if c not in got]
@@ -122,6 +125,11 @@ def _scratch_dir(temp_root: str | None) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# DuckDB's reject table holds a record per bad column of a bad line; past this many records it
+# stops recording (the lines are still skipped) and the rejected lines are counted instead.
+REJECTS_LIMIT = 100_000
+
+
 def stage_day(
     raw_path: str,
     staging_path: str,
@@ -136,62 +144,32 @@ def stage_day(
 ) -> dict[str, Any]:
     """Parse one day's gzip CSV with DuckDB into a typed Parquet staging file.
 
-    Rows that do not parse go to ``rejects_path`` (file name, line, column, error, text).
-    A wrong header, a corrupt gzip, rows of another day or too many rejects: BadInput.
+    Rows that do not parse, and rows dated another day, are rejects: one line each in
+    ``rejects_path`` (file name, line, columns, errors, text). An empty file, a wrong header, a
+    corrupt gzip or more rejected rows than ``max_reject_fraction`` (at least 100): BadInput.
+    A full, read-only or forbidden staging directory: OutputUnavailable.
     """
     check_zone_type(zone_type)
     the_day = date.fromisoformat(day)
     check_header(raw_path, source_file)
     final = Path(staging_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    select = ", ".join(STAGE_EXPRESSIONS.get(c, c) for c in COLUMNS)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         with _scratch_dir(temp_root) as scratch, published(final) as temporary:
             con = _connect(":memory:", cap_mb, scratch, STAGE_MIB_PER_THREAD)
             try:
-                copied = con.execute(
-                    f"""COPY (
-                        SELECT {select}
-                        FROM read_csv($path, delim='|', header=true, auto_detect=false,
-                                      columns=$columns, nullstr='NA', dateformat='%Y%m%d',
-                                      compression='gzip', buffer_size=$buffer_bytes,
-                                      store_rejects=true,
-                                      rejects_table='rejects', rejects_scan='rejects_scan',
-                                      rejects_limit=100000)
-                    ) TO $out (FORMAT parquet, ROW_GROUP_SIZE $rows_per_group,
-                               COMPRESSION lz4_raw, PARQUET_VERSION v2)""",
-                    {
-                        "path": raw_path,
-                        "columns": CSV_TYPES,
-                        "out": str(temporary),
-                        "rows_per_group": int(rows_per_group),
-                        "buffer_bytes": csv_buffer_bytes(cap_mb),
-                    },
-                ).fetchone()
-                rows = int(copied[0]) if copied else 0
-                rejected, wrong_days = _check_staged(con, str(temporary), the_day)
-                if wrong_days:
-                    raise BadInput(f"{source_file}: {wrong_days:,} rows are not dated {day}")
+                rows = _copy_day(con, raw_path, str(temporary), the_day, cap_mb, rows_per_group)
+                rejected, wrong_days = _check_staged(con, raw_path, rows)
                 if rejected:
-                    _write_rejects(con, source_file, Path(rejects_path))
+                    _write_rejects(con, source_file, Path(rejects_path), the_day)
                     log.warning("%s: %d rows rejected, see %s", source_file, rejected, rejects_path)
-                if rejected > max(100, max_reject_fraction * (rows + rejected)):
-                    raise BadInput(
-                        f"{source_file}: {rejected:,} of {rows + rejected:,} rows do not parse "
-                        f"(more than {max_reject_fraction:.0%}); see {rejects_path}"
-                    )
+                counts = (rows, rejected, wrong_days)
+                _refuse_too_many(source_file, day, counts, max_reject_fraction, rejects_path)
             finally:
                 con.close()
-    except duckdb.Error as exc:
-        if isinstance(exc, duckdb.OutOfMemoryException):
-            raise
-        text = str(exc).splitlines()[0]
-        if "gzip" in text.lower() or "compress" in text.lower():
-            raise BadInput(f"{source_file}: corrupt gzip data ({text})") from None
-        if isinstance(exc, duckdb.InvalidInputException | duckdb.ConversionException):
-            raise BadInput(f"{source_file}: {text}") from None
-        raise
+    except (duckdb.Error, OSError) as exc:
+        raise _staging_error(exc, raw_path, source_file, final) from None
     return {
         "day": day,
         "zone_type": zone_type,
@@ -204,24 +182,116 @@ def stage_day(
     }
 
 
-def _check_staged(con: Any, parquet: str, day: date) -> tuple[int, int]:
-    """(rejected rows, staged rows dated another day)."""
-    rejected = con.execute("SELECT count(*) FROM rejects").fetchone()[0]
-    wrong = con.execute(
-        "SELECT count(*) FROM read_parquet($p) WHERE fecha IS DISTINCT FROM $day",
-        {"p": parquet, "day": day},
-    ).fetchone()[0]
+def _refuse_too_many(
+    source_file: str, day: str, counts: tuple[int, int, int], fraction: float, rejects: str
+) -> None:
+    """BadInput when more rows are rejected than ``fraction`` of them (at least 100), or all;
+    ``counts``: rows staged, rows rejected, of which dated another day."""
+    rows, rejected, wrong_days = counts
+    total = rows + rejected
+    if rejected > max(100, fraction * total) or (rejected and not rows):
+        why = f"{wrong_days:,} rows are not dated {day}; " if wrong_days else ""
+        raise BadInput(
+            f"{source_file}: {why}{rejected:,} of {total:,} rows do not parse "
+            f"(more than {fraction:.0%}); see {rejects}"
+        )
+
+
+def _copy_day(
+    con: Any, raw_path: str, out: str, day: date, cap_mb: float, rows_per_group: int
+) -> int:
+    """Parse the CSV into Parquet at ``out``; returns the rows written (rejects excluded).
+
+    ``fecha`` is read as an ENUM of the one day the file holds: a row of any other day (or
+    none) is then a reject with its line number, like any value outside its domain. The
+    select must read the column (a constant alone would let DuckDB skip parsing it).
+    """
+    columns = {**CSV_TYPES, "fecha": f"ENUM('{day:%Y%m%d}')"}  # digits of a date: no quoting
+    select = ", ".join(
+        "CASE WHEN fecha IS NOT NULL THEN CAST($day AS DATE) END AS fecha"
+        if c == "fecha"
+        else STAGE_EXPRESSIONS.get(c, c)
+        for c in COLUMNS
+    )
+    copied = con.execute(
+        f"""COPY (
+            SELECT {select}
+            FROM read_csv($path, delim='|', header=true, auto_detect=false,
+                          columns=$columns, nullstr='NA', force_not_null=['fecha'],
+                          compression='gzip', buffer_size=$buffer_bytes,
+                          store_rejects=true,
+                          rejects_table='rejects', rejects_scan='rejects_scan',
+                          rejects_limit=$rejects_limit)
+        ) TO $out (FORMAT parquet, ROW_GROUP_SIZE $rows_per_group,
+                   COMPRESSION lz4_raw, PARQUET_VERSION v2)""",
+        {
+            "path": raw_path,
+            "columns": columns,
+            "day": day,
+            "out": out,
+            "rows_per_group": int(rows_per_group),
+            "buffer_bytes": csv_buffer_bytes(cap_mb),
+            "rejects_limit": REJECTS_LIMIT,
+        },
+    ).fetchone()
+    return int(copied[0]) if copied else 0
+
+
+def _staging_error(exc: BaseException, raw_path: str, source_file: str, final: Path) -> Exception:
+    """The error a failed staging reports: the output's fault, the file's, or DuckDB's own."""
+    if isinstance(exc, duckdb.OutOfMemoryException | OutputUnavailable):
+        return exc
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # A permission error reading the raw file is that file's problem, not the output's.
+    fault = None if raw_path in str(exc) else output_fault(exc, str(final.parent))
+    if fault is not None:
+        return fault
+    if isinstance(exc, duckdb.Error):
+        if "gzip" in text.lower() or "compress" in text.lower():
+            return BadInput(f"{source_file}: corrupt gzip data ({text})")
+        if isinstance(exc, duckdb.InvalidInputException | duckdb.ConversionException):
+            return BadInput(f"{source_file}: {text}")
+    return exc  # type: ignore[return-value]
+
+
+def _check_staged(con: Any, raw_path: str, rows: int) -> tuple[int, int]:
+    """(rejected rows, of which dated another day): distinct lines, not bad columns."""
+    records, rejected, wrong = con.execute(
+        """SELECT count(*), count(DISTINCT line),
+                  count(DISTINCT line) FILTER (WHERE column_name = 'fecha')
+           FROM rejects"""
+    ).fetchone()
+    if records >= REJECTS_LIMIT:  # not every bad line was recorded: count them in the file
+        rejected = max(rejected, _data_lines(raw_path) - rows)
     return int(rejected), int(wrong)
 
 
-def _write_rejects(con: Any, source_file: str, rejects: Path) -> None:
+def _data_lines(path: str) -> int:
+    """Non-empty lines after the header of a gzip text file."""
+    lines = 0
+    with gzip.open(path, "rb") as handle:
+        handle.readline()
+        for line in handle:
+            lines += bool(line.strip())
+    return lines
+
+
+def _write_rejects(con: Any, source_file: str, rejects: Path, day: date) -> None:
+    """One line per rejected row: its line number, bad columns and errors, and its text."""
     rejects.parent.mkdir(parents=True, exist_ok=True)
     with published(rejects) as temporary:
         con.execute(
-            """COPY (SELECT $file AS file, line, column_name AS "column", error_type,
-                            error_message, csv_line
-                     FROM rejects ORDER BY line) TO $out (HEADER, DELIMITER ',')""",
-            {"file": source_file, "out": str(temporary)},
+            """COPY (
+                SELECT $file AS file, line,
+                       string_agg(column_name, ';' ORDER BY column_idx) AS "column",
+                       string_agg(DISTINCT error_type, ';') AS error_type,
+                       string_agg(CASE WHEN column_name = 'fecha'
+                                       THEN 'fecha is not ' || $day ELSE error_message END,
+                                  '; ' ORDER BY column_idx) AS error_message,
+                       any_value(csv_line) AS csv_line
+                FROM rejects GROUP BY line ORDER BY line
+            ) TO $out (HEADER, DELIMITER ',')""",
+            {"file": source_file, "out": str(temporary), "day": day.isoformat()},
         )
 
 
@@ -247,6 +317,25 @@ def ensure_schema(con: Any) -> None:
     )
 
 
+MIN_REPLACE_SHARE = 0.9
+"""A day already loaded is replaced only by at least this share of its rows (see
+:func:`check_replacement`): a re-published day may drop a few rows, never most of them."""
+
+
+def check_replacement(source_file: str, loaded: int, staged: int, min_share: float) -> None:
+    """Raise BadInput naming the file when ``staged`` rows would replace ``loaded`` ones with
+    fewer than ``min_share`` of them. An empty file never replaces loaded rows unless
+    ``min_share`` is 0, which accepts any replacement."""
+    if not loaded or min_share <= 0:
+        return
+    if staged == 0 or staged < min_share * loaded:
+        raise BadInput(
+            f"{source_file}: {staged:,} rows would replace the {loaded:,} loaded for its day "
+            f"(fewer than {min_share:.0%}); the loaded rows are kept. Set min_replace_share "
+            "lower to accept it"
+        )
+
+
 def load_day(
     database: str,
     staging_path: str,
@@ -256,6 +345,7 @@ def load_day(
     rejected: int = 0,
     cap_mb: float = 500.0,
     temp_root: str | None = None,
+    min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Replace one day and zone type in the bronze table with a staged file, in one transaction.
 
@@ -268,9 +358,18 @@ def load_day(
         "source_file": source_file,
         "rejected": rejected,
     }
-    result = load_days(database, [item], cap_mb=cap_mb, temp_root=temp_root)
+    result = load_days(
+        database,
+        [item],
+        cap_mb=cap_mb,
+        temp_root=temp_root,
+        min_replace_share=min_replace_share,
+    )
     if result["failed"]:
-        raise BadInput(result["failed"][0]["error"])
+        failure = result["failed"][0]
+        if failure.get("kind", "BadInput") == "BadInput":
+            raise BadInput(failure["error"])
+        raise RuntimeError(f"{failure['kind']}: {failure['error']}")
     return result["loaded"][0]
 
 
@@ -279,35 +378,53 @@ def load_days(
     staged: list[dict[str, Any]],
     cap_mb: float = 500.0,
     temp_root: str | None = None,
+    min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Load staged days (``stage_day`` results) in date order, one transaction per day.
 
-    Returns ``{"loaded": [...], "failed": [{"source_file", "error"}]}``: a day that cannot be
-    loaded is rolled back and reported, the others go on. Out of memory is raised (retryable).
+    Returns ``{"loaded": [...], "failed": [{"source_file", "error", "kind"}]}``: a day that
+    cannot be loaded is rolled back and reported, the others go on. Out of memory is raised
+    (retryable); a database that cannot be written raises OutputUnavailable once.
     """
-    Path(database).resolve().parent.mkdir(parents=True, exist_ok=True)
     loaded: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    with _scratch_dir(temp_root) as scratch:
-        con = _connect(database, cap_mb, scratch)
-        try:
-            ensure_schema(con)
-            for item in sorted(staged, key=lambda i: (i["day"], i["source_file"])):
-                try:
-                    loaded.append(_replace_day(con, item))
-                except duckdb.OutOfMemoryException:
-                    raise
-                except (BadInput, duckdb.Error) as exc:
-                    failed.append({"source_file": item["source_file"], "error": str(exc)})
-                    log.error("%s: not loaded: %s", item["source_file"], exc)
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
+    try:
+        Path(database).resolve().parent.mkdir(parents=True, exist_ok=True)
+        with _scratch_dir(temp_root) as scratch:
+            con = _connect(database, cap_mb, scratch)
+            try:
+                ensure_schema(con)
+                for item in sorted(staged, key=lambda i: (i["day"], i["source_file"])):
+                    try:
+                        loaded.append(_replace_day(con, item, database, min_replace_share))
+                    except (BadInput, duckdb.Error) as exc:
+                        if isinstance(exc, duckdb.OutOfMemoryException):
+                            raise
+                        failed.append(
+                            {
+                                "source_file": item["source_file"],
+                                "error": str(exc),
+                                "kind": type(exc).__name__,
+                            }
+                        )
+                        log.error("%s: not loaded: %s", item["source_file"], exc)
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+    except (duckdb.Error, OSError) as exc:
+        fault = output_fault(exc, database)
+        if fault is None or isinstance(exc, duckdb.OutOfMemoryException):
+            raise
+        raise fault from None
     return {"loaded": loaded, "failed": failed}
 
 
-def _replace_day(con: Any, item: dict[str, Any]) -> dict[str, Any]:
-    """Delete one day and zone type and insert its staged rows, in one transaction."""
+def _replace_day(
+    con: Any, item: dict[str, Any], database: str, min_replace_share: float
+) -> dict[str, Any]:
+    """Replace one day and zone type with its staged rows, in one transaction: nothing is
+    deleted before the rows that replace them are known to be enough (see
+    :func:`check_replacement`)."""
     zone_type, source_file = item["zone_type"], item["source_file"]
     check_zone_type(zone_type)
     the_day = date.fromisoformat(item["day"])
@@ -320,6 +437,13 @@ def _replace_day(con: Any, item: dict[str, Any]) -> dict[str, Any]:
     key = {"day": the_day, "zone": zone_type}
     con.execute("BEGIN TRANSACTION")
     try:
+        present = con.execute(
+            f"SELECT count(*) FROM {bronze} WHERE fecha = $day AND zone_type = $zone", key
+        ).fetchone()[0]
+        arriving = con.execute(
+            "SELECT count(*) FROM read_parquet($path)", {"path": item["staging"]}
+        ).fetchone()[0]
+        check_replacement(source_file, int(present), int(arriving), min_replace_share)
         deleted = con.execute(
             f"DELETE FROM {bronze} WHERE fecha = $day AND zone_type = $zone", key
         ).fetchone()[0]
@@ -336,9 +460,10 @@ def _replace_day(con: Any, item: dict[str, Any]) -> dict[str, Any]:
         )
         con.execute("COMMIT")
     except BaseException as exc:
-        con.execute("ROLLBACK")
-        if isinstance(exc, duckdb.Error) and not isinstance(exc, duckdb.OutOfMemoryException):
-            raise BadInput(f"{source_file}: {str(exc).splitlines()[0]}") from None
+        _rollback(con)
+        fault = output_fault(exc, database) if isinstance(exc, duckdb.Error) else None
+        if fault is not None and not isinstance(exc, duckdb.OutOfMemoryException):
+            raise fault from exc
         raise
     return {
         "day": item["day"],
@@ -348,6 +473,15 @@ def _replace_day(con: Any, item: dict[str, Any]) -> dict[str, Any]:
         "replaced": int(deleted),
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def _rollback(con: Any) -> None:
+    """Roll back after a failure, keeping that failure the one raised: a COMMIT that failed
+    may have ended the transaction already, and the ROLLBACK's own error would hide it."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error as exc:
+        log.debug("rollback after a failure: %s", exc)
 
 
 def loaded_days(database: str, zone_type: str) -> set[date]:

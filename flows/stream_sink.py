@@ -333,8 +333,8 @@ class StreamState:
             _maybe_crash("commit-before", self.batches)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
             self.batches -= 1
+            _rollback(db)
             raise
         self.last_id = last
         self.max_ts = new_max
@@ -419,6 +419,18 @@ class StreamState:
             data["kll"] = binaries([w.kll.serialize() for w in windows])
             data["hll"] = binaries([w.hll.serialize_compact() for w in windows])
         return table(data)
+
+
+def _rollback(db: Any) -> None:
+    """Roll back after a failure, keeping that failure the one raised: a COMMIT that failed
+    (a full disk writing the WAL) may have ended the transaction, and ROLLBACK's own error
+    ("no transaction is active") would hide why."""
+    import duckdb
+
+    try:
+        db.execute("ROLLBACK")
+    except duckdb.Error as exc:
+        log.debug("rollback after a failure: %s", exc)
 
 
 def _maybe_crash(point: str, batch_no: int) -> None:

@@ -13,8 +13,10 @@ from headroom.errors import (
     GuardTimeout,
     HeadroomError,
     OutOfMemory,
+    OutputUnavailable,
     TerminalError,
     is_terminal,
+    output_fault,
 )
 from headroom.guard import (
     GuardResult,
@@ -39,6 +41,7 @@ __all__ = [
     "HeadroomError",
     "History",
     "OutOfMemory",
+    "OutputUnavailable",
     "TerminalError",
     "current_cap_mb",
     "duckdb_limit",
@@ -48,6 +51,7 @@ __all__ = [
     "guarded_call",
     "is_terminal",
     "next_size",
+    "output_fault",
     "parse_size",
     "run_guarded",
     "run_guarded_measured",

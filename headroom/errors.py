@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class HeadroomError(Exception):
     """Base of every error headroom raises itself."""
@@ -59,6 +62,52 @@ class TerminalError(HeadroomError):
 
 class BadInput(TerminalError, ValueError):
     """Input data or parameters that can never succeed; names the file, line or parameter."""
+
+
+class OutputUnavailable(TerminalError, OSError):
+    """The output cannot be written: its disk is full, it is read-only, or this process may not
+    write there. A fault of the machine, not of any input: reported once, naming the output,
+    and never retried (the same write fails the same way until someone frees or fixes it)."""
+
+    def __init__(self, path: str, detail: str = "", code: int | None = None) -> None:
+        self.path = str(path)
+        self.detail = detail
+        self.code = code
+        reason = os.strerror(code) if code is not None else "not writable"
+        message = f"output {self.path} is unavailable: {reason}"
+        self.message = f"{message} ({detail})" if detail else message
+        super().__init__(self.message)
+        # Set after OSError's own init, which reads a one-argument call as no errno.
+        self.errno = code
+        self.strerror = reason
+        self.filename = self.path
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # keep attributes across pickling (guarded children, Dask)
+        return (type(self), (self.path, self.detail, self.code))
+
+
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+"""Errors of a write that say the output is unusable, whatever the data written."""
+
+
+def output_fault(exc: BaseException, path: str) -> OutputUnavailable | None:
+    """``exc`` as an :class:`OutputUnavailable` naming ``path`` when it is a fault of the
+    output (by errno, or by the system's text for it in an error of a library such as DuckDB
+    that carries no errno); None for any other error. Call it only around writes: a
+    permission error while reading an input is that input's problem."""
+    if isinstance(exc, OutputUnavailable):
+        return exc
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
+        return OutputUnavailable(path, detail, exc.errno)
+    text = str(exc)
+    for code in OUTPUT_ERRNOS:
+        if os.strerror(code) in text:
+            return OutputUnavailable(path, detail, code)
+    return None
 
 
 class ChunkFloorReached(TerminalError, MemoryError):

@@ -26,7 +26,13 @@ from pydantic import Field
 from headroom import leases
 from headroom.budget import Budget
 from headroom.chunks import Chunking, first_size, shrink
-from headroom.errors import ChunkFloorReached, OutOfMemory, TerminalError
+from headroom.errors import (
+    ChunkFloorReached,
+    OutOfMemory,
+    OutputUnavailable,
+    TerminalError,
+    is_terminal,
+)
 from headroom.guard import callable_path, guarded_call
 from headroom.history import History
 from headroom.limits import Limits, memory_limit_name
@@ -561,7 +567,9 @@ class ItemFailures(Exception):
 
 
 def raise_failures(outcomes: list[Outcome], what: str, name_of: Callable[[dict], str]) -> None:
-    """After the good items are done, raise one error naming every failed item."""
+    """After the good items are done, raise one error naming every failed item; an output
+    that could not be written is raised alone, once (every item met the same fault)."""
+    raise_output_fault(outcomes)
     failed = [
         (name_of(o.item), f"{type(o.error).__name__}: {o.error}")
         for o in outcomes
@@ -569,6 +577,20 @@ def raise_failures(outcomes: list[Outcome], what: str, name_of: Callable[[dict],
     ]
     if failed:
         raise ItemFailures(what, failed)
+
+
+def raise_output_fault(outcomes: Iterable[Outcome]) -> None:
+    """Raise the first :class:`OutputUnavailable` among ``outcomes``, if any."""
+    for outcome in outcomes:
+        if isinstance(outcome.error, OutputUnavailable):
+            raise outcome.error
+
+
+def retry_unless_terminal(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` of a plain task: retry a failure unless retrying cannot fix it
+    (bad input, an output that cannot be written)."""
+    error = getattr(state, "data", None)
+    return not (isinstance(error, BaseException) and is_terminal(error))
 
 
 # ---------------------------------------------------------------------------------------------

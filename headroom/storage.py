@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from headroom.errors import BadInput
+from headroom.errors import BadInput, output_fault
 
 if TYPE_CHECKING:
     import pyarrow.fs
 
 TMP_MARK = ".tmp-"
+PROBE_BYTES = 64 * 1024
+"""What :func:`check_writable` writes: enough that a full disk refuses it (a zero-byte file
+needs only an inode)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,35 @@ class Storage:
             self.filesystem.delete_file(path)
         except (OSError, FileNotFoundError):
             pass
+
+
+def check_writable(*directories: str | os.PathLike[str]) -> None:
+    """Raise OutputUnavailable naming the first local directory that cannot take a file: it is
+    created if missing, then a probe file is written, flushed to disk and removed. Run before
+    any input is read, so a full or read-only disk is reported once, not once per input. A
+    location that is not a local path (``s3://``) is not probed."""
+    for directory in directories:
+        text = os.fspath(directory)
+        parsed = urlparse(text)
+        if parsed.scheme not in ("", "file"):
+            continue
+        path = os.path.abspath(parsed.path if parsed.scheme == "file" else text)
+        probe = os.path.join(path, f"{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-probe")
+        try:
+            os.makedirs(path, exist_ok=True)
+            try:
+                with open(probe, "wb") as handle:
+                    handle.write(bytes(PROBE_BYTES))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
+        except OSError as exc:
+            fault = output_fault(exc, path)
+            if fault is None:
+                raise
+            raise fault from None
 
 
 def is_location(out: str) -> bool:

@@ -43,6 +43,7 @@ from flows.iso_lmp.base import (
 )
 from flows.iso_lmp.onepass import OnePass
 from headroom._child import oom_kind
+from headroom.errors import BadInput, output_fault
 from headroom.guard import duckdb_share
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ MANIFEST = "_manifest.json"
 STAGING_VERSION = 3
 KEY_LIMIT_ROWS = 2_000_000
 """Above this many rows in one file, duplicates are found by DuckDB on disk, not in memory."""
+MIN_REPLACE_SHARE = 0.9
+"""A published partition is replaced only by at least this share of its rows: a revised file
+may drop a few intervals; a truncated one, or lost staging, would drop most of a month."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +116,11 @@ def convert_files(
     staging: str,
     rows_per_chunk: int,
     out: str | None = None,
+    min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Convert raw files of one ISO in turn (a bad file is reported, the others go on); with
-    ``out``, then publish every (market, month) partition they touch."""
+    ``out``, then publish every (market, month) partition they touch. A staging directory
+    that cannot be written raises OutputUnavailable (once, not against every file)."""
     fmt = iso_format(iso)
     results = []
     written = OnePass(Path(staging), rows_per_chunk) if out is not None else None
@@ -129,6 +135,11 @@ def convert_files(
                     iso, market.value, name, staging, rows_per_chunk, written=written
                 )
             except (IsoParseError, OSError) as exc:
+                # A write that the staging disk refused: not this file's fault (a permission
+                # error reading the file names the file, and stays the file's).
+                fault = None if name in str(exc) else output_fault(exc, staging)
+                if fault is not None:
+                    raise fault from None
                 log.warning("%s: %s", name, exc)
                 result = {"file": name, "error": str(exc)}
             except Exception as exc:  # a failure no parser foresaw is still this file's alone
@@ -144,7 +155,9 @@ def convert_files(
         partitions: list[dict[str, Any]] = []
         if out is not None:
             touched = sorted({(r["market"], m) for r in results for m in r.get("months", [])})
-            partitions = publish_partitions(iso, touched, staging, out, rows_per_chunk, written)
+            partitions = publish_partitions(
+                iso, touched, staging, out, rows_per_chunk, written, min_replace_share
+            )
     finally:
         if written is not None:
             written.close()
@@ -480,10 +493,34 @@ def publish_partition(
     out: str,
     rows_per_chunk: int,
     written: OnePass | None = None,
+    min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Build one partition from its staged files, later revisions winning; swap it in.
-    ``written``: what the convert call wrote as it staged (used when it is the whole)."""
+    ``written``: what the convert call wrote as it staged (used when it is the whole).
+    A partition is never replaced by fewer rows than ``min_replace_share`` of its own
+    (BadInput, the published partition kept); an output that cannot be written:
+    OutputUnavailable."""
+    try:
+        return _publish_partition(
+            iso, market, month, staging, out, rows_per_chunk, written, min_replace_share
+        )
+    except OSError as exc:
+        fault = output_fault(exc, out)
+        if fault is None:
+            raise
+        raise fault from None
 
+
+def _publish_partition(
+    iso: str,
+    market: str,
+    month: str,
+    staging: str,
+    out: str,
+    rows_per_chunk: int,
+    written: OnePass | None,
+    min_replace_share: float,
+) -> dict[str, Any]:
     from headroom.storage import open_storage
 
     if not re.fullmatch(r"\d{4}-\d{2}", month):
@@ -509,6 +546,12 @@ def publish_partition(
         )
     else:
         rows, checksum = _deduplicated(parts, staging, storage, data, rows_per_chunk)
+    previous = storage.read_json(posixpath.join(relative, MANIFEST))
+    try:
+        check_replacement(relative, parts, (previous or {}).get("rows", 0), rows, min_replace_share)
+    except BadInput:
+        storage.filesystem.delete_dir(storage.path(relative, version))
+        raise
     manifest = {
         "iso": iso,
         "market": market,
@@ -531,6 +574,21 @@ def publish_partition(
         removed,
     )
     return {"partition": relative, "rows": rows, "files": len(parts), "checksum": checksum}
+
+
+def check_replacement(
+    relative: str, parts: list[tuple[Path, int, str]], published: int, rows: int, share: float
+) -> None:
+    """Raise BadInput naming the partition and its raw files when ``rows`` would replace the
+    ``published`` ones with fewer than ``share`` of them (0 accepts any replacement)."""
+    if not published or share <= 0 or (rows and rows >= share * published):
+        return
+    sources = ", ".join(sorted({p[2] for p in parts}))
+    raise BadInput(
+        f"{relative}: {rows:,} rows from {sources} would replace the {published:,} published "
+        f"(fewer than {share:.0%}); the published partition is kept. Set min_replace_share "
+        "lower to accept it"
+    )
 
 
 def _concatenated(parts: list[Path], rows_per_chunk: int) -> Iterator[pa.RecordBatch]:
@@ -758,9 +816,19 @@ def publish_partitions(
     out: str,
     rows_per_chunk: int,
     written: OnePass | None = None,
+    min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> list[dict[str, Any]]:
-    """Publish several (market, month) partitions of one ISO, each swapped in on its own."""
-    return [
-        publish_partition(iso, market, month, staging, out, rows_per_chunk, written)
-        for market, month in partitions
-    ]
+    """Publish several (market, month) partitions of one ISO, each swapped in on its own; a
+    partition refused as bad input is reported (``error``), the others go on."""
+    results = []
+    for market, month in partitions:
+        try:
+            results.append(
+                publish_partition(
+                    iso, market, month, staging, out, rows_per_chunk, written, min_replace_share
+                )
+            )
+        except BadInput as exc:
+            log.error("%s", exc)
+            results.append({"partition": partition_path(iso, market, month), "error": str(exc)})
+    return results

@@ -25,7 +25,9 @@ from headroom.prefect import (
     MaxWorkers,
     budgeted_task,
     map_bounded,
+    raise_output_fault,
 )
+from headroom.storage import check_writable
 
 FILES_PER_TASK = 400
 """Raw files one convert task parses in turn (about a year of daily files): one child."""
@@ -85,6 +87,7 @@ def convert_iso_lmp(
     source: str | None = None,
     max_workers: MaxWorkers = 2,
     chunk_scale: ChunkScale = 1.0,
+    min_replace_share: float = dataset.MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Convert (and optionally first download) the ISO LMP files of ``start``..``end``."""
     params = IsoLmpParams(
@@ -98,10 +101,14 @@ def convert_iso_lmp(
         source=source,
         max_workers=max_workers,
         chunk_scale=chunk_scale,
+        min_replace_share=min_replace_share,
     )
     logger = get_run_logger()
     started = time.monotonic()
     failures: list[tuple[str, str]] = []
+    staging = str(dataset.staging_root_for(params.raw))
+    # A full or read-only disk is the machine's fault: said once, before any file is read.
+    check_writable(staging, params.out)
     if params.fetch:
         for report in [
             fetch_task(
@@ -119,7 +126,6 @@ def convert_iso_lmp(
                 logger.warning("%s: not published (yet): %s", report["iso"], name)
 
     files = dataset.discover(Path(params.raw), params.iso, params.markets, params.start, params.end)
-    staging = str(dataset.staging_root_for(params.raw))
     by_iso: dict[str, list[str]] = defaultdict(list)
     for raw_file in files:
         by_iso[raw_file.iso].append(str(raw_file.path))
@@ -135,6 +141,7 @@ def convert_iso_lmp(
                     "files": paths[first : first + FILES_PER_TASK],
                     "staging": staging,
                     "out": params.out if single else None,
+                    "min_replace_share": params.min_replace_share,
                 }
             )
     converts = map_bounded(
@@ -157,7 +164,13 @@ def convert_iso_lmp(
     publishes = map_bounded(
         publish_task,
         [
-            {"iso": i, "partitions": sorted(p), "staging": staging, "out": params.out}
+            {
+                "iso": i,
+                "partitions": sorted(p),
+                "staging": staging,
+                "out": params.out,
+                "min_replace_share": params.min_replace_share,
+            }
             for i, p in sorted(pending.items())
         ],
         max_workers=params.max_workers,
@@ -168,6 +181,9 @@ def convert_iso_lmp(
             partitions += outcome.value
         else:
             failures.append((f"{outcome.item['iso']} partitions", str(outcome.error)))
+    # A partition refused (fewer rows than it has) keeps its published rows and fails the run.
+    failures += [(p["partition"], p["error"]) for p in partitions if "error" in p]
+    partitions = [p for p in partitions if "error" not in p]
     summary = {
         "isos": params.iso,
         "files": len(files),
@@ -190,6 +206,7 @@ def convert_iso_lmp(
         f"{summary['rows_published']:,}",
         summary["seconds"],
     )
+    raise_output_fault([*converts, *publishes])  # one fault of the output, reported once
     if failures:
         raise ItemFailures("ISO raw files or partitions", failures)
     return summary

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import Market
+from flows.iso_lmp.dataset import MIN_REPLACE_SHARE
 
 
 class IsoLmpParams(BaseModel):
@@ -24,6 +25,13 @@ class IsoLmpParams(BaseModel):
     source: str | None = Field(None, description="Mirror base URL instead of ISO endpoints.")
     max_workers: int = Field(2, ge=1, le=64)
     chunk_scale: float = Field(1.0, gt=0, le=1)
+    min_replace_share: float = Field(
+        MIN_REPLACE_SHARE,
+        ge=0,
+        le=1,
+        description="A published partition is replaced only by at least this share of its "
+        "rows (0: any replacement).",
+    )
 
     @model_validator(mode="before")
     @classmethod
