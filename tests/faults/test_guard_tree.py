@@ -1,0 +1,85 @@
+"""The guard owns every process a call starts: all are gone when the call ends (normal return,
+error or out of memory), and children forked together cannot take the tree far past its cap.
+Each case runs with a cgroup per call (where this machine allows one) and with the /proc
+fallback forced (HEADROOM_CGROUP=0)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from headroom import OutOfMemory, run_guarded
+from headroom import cgroup as call_cgroup
+from tests.conftest import IN_CI
+from tests.faults import bodies
+
+CAP_MB = 200
+
+
+@pytest.fixture(params=["cgroup", "fallback"])
+def mode(request, monkeypatch) -> str:
+    if request.param == "fallback":
+        monkeypatch.setenv(call_cgroup.ENV_CGROUP, "0")
+    elif not call_cgroup.available():
+        if IN_CI:
+            pytest.fail("CI must run the guard in a cgroup per call (writable memory cgroup)")
+        pytest.skip("no writable memory cgroup here (v1 hierarchy or v2 subtree)")
+    return request.param
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("outcome", ["return", "error", "oom"])
+def test_a_grandchild_in_its_own_session_ends_with_the_call(mode, outcome, tmp_path):
+    # Without a cgroup the tree is walked at every sample: a process must live one sample
+    # (20 ms) to be seen; in a cgroup it is caught from birth.
+    settle = 0.0 if mode == "cgroup" else 0.1
+    if outcome == "return":
+        assert run_guarded(bodies.grandchild_then, outcome, str(tmp_path), settle, cap_mb=CAP_MB)
+    elif outcome == "error":
+        with pytest.raises(ValueError, match="grandchild running"):
+            run_guarded(bodies.grandchild_then, outcome, str(tmp_path), settle, cap_mb=CAP_MB)
+    else:
+        with pytest.raises(OutOfMemory):
+            run_guarded(bodies.grandchild_then, outcome, str(tmp_path), settle, cap_mb=CAP_MB)
+    pid = int(Path(tmp_path, "grandchild.pid").read_text())
+    assert Path(tmp_path, "grandchild.log").read_text().rstrip().endswith(" 50")  # it ran
+    assert _gone_within(pid, 10.0), f"grandchild {pid} outlived the call ({outcome}, {mode})"
+
+
+def _peak_allocated(log_dir: Path) -> tuple[int, int]:
+    """(largest MiB the allocating children held at one moment, by their own logs; children
+    that logged at all)."""
+    events = []
+    logs = sorted(log_dir.glob("child-*.log"))
+    for log in logs:
+        held = 0
+        for line in log.read_text().splitlines():
+            stamp, mib = (int(v) for v in line.split())
+            events.append((stamp, mib - held))
+            held = mib
+    total = peak = 0
+    for _, delta in sorted(events):
+        total += delta
+        peak = max(peak, total)
+    return peak, sum(1 for log in logs if log.read_text())
+
+
+def test_allocating_children_cannot_take_the_tree_past_its_cap(mode, tmp_path):
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(bodies.allocating_children, 3, 150, str(tmp_path), cap_mb=CAP_MB)
+    peak, started = _peak_allocated(tmp_path)
+    assert started >= 2  # the children did race for memory
+    # What the children held by their own account, and what the guard saw of the tree.
+    assert peak <= 1.1 * CAP_MB, f"children held {peak} MiB at once ({mode})"
+    assert caught.value.peak_mb <= 1.1 * CAP_MB, f"guard saw {caught.value.peak_mb:.0f} MiB"
