@@ -52,3 +52,13 @@ def allocating_children(children: int, mib: int, log_dir: str) -> int:
     if any(codes):
         raise RuntimeError(f"allocating children ended with {codes}")
     return children
+
+
+def fill_tmpfs(path: str, mib: int) -> int:
+    """Write ``mib`` MiB to a file on tmpfs: memory that no process maps, so /proc shows it
+    in no process's RSS, but the kernel charges it to the writer's cgroup."""
+    block = b"\x01" * (1 << 20)
+    with open(path, "wb") as handle:
+        for _ in range(mib):
+            handle.write(block)
+    return mib

@@ -83,3 +83,23 @@ def test_allocating_children_cannot_take_the_tree_past_its_cap(mode, tmp_path):
     # What the children held by their own account, and what the guard saw of the tree.
     assert peak <= 1.1 * CAP_MB, f"children held {peak} MiB at once ({mode})"
     assert caught.value.peak_mb <= 1.1 * CAP_MB, f"guard saw {caught.value.peak_mb:.0f} MiB"
+
+
+def test_memory_no_process_maps_is_stopped_by_the_calls_cgroup(tmp_path):
+    if not call_cgroup.available():
+        if IN_CI:
+            pytest.fail("CI must run the guard in a cgroup per call (writable memory cgroup)")
+        pytest.skip("no writable memory cgroup here (v1 hierarchy or v2 subtree)")
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm tmpfs here")
+    target = shm / f"headroom-test-{tmp_path.name}"
+    try:
+        with pytest.raises(OutOfMemory) as caught:
+            run_guarded(bodies.fill_tmpfs, str(target), 3 * CAP_MB, cap_mb=CAP_MB)
+        written = target.stat().st_size / (1 << 20)
+    finally:
+        target.unlink(missing_ok=True)
+    assert caught.value.kind == "oom-killer"
+    assert "kernel" in str(caught.value)
+    assert CAP_MB * 0.5 < written <= CAP_MB * call_cgroup.HARD_FACTOR  # stopped at the limit
