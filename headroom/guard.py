@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headroom import cgroup as call_cgroup
+import headroom.cgroup as call_cgroup
 from headroom import proctree, spare
 from headroom.budget import cgroup_oom_kills
 from headroom.errors import ChildFailed, GuardTimeout, OutOfMemory
