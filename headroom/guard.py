@@ -27,7 +27,11 @@ from headroom.units import MIB
 SLOW_INTERVAL_S = 0.02
 FAST_INTERVAL_S = 0.004
 FAST_ABOVE = 0.5
-TREE_REFRESH_S = 0.2
+# The tree is walked at every sample (a process forked between two walks is invisible to the
+# cap until the next), and sampling is fast while the tree has more than one process: children
+# started together can allocate together.
+TREE_REFRESH_S = 0.0
+FAST_WHEN_FORKED = True
 log = logging.getLogger(__name__)
 
 
@@ -105,7 +109,7 @@ def guarded_call(
             child = spare.start_child(env, module_name)
             started = time.monotonic()
             spare.hand_call(child, str(call_file), str(result_file), cap_mb, procs_file)
-        watch = _Watch(child, cap_mb, fast_tree=group is None)
+        watch = _Watch(child, cap_mb)
         try:
             outcome = watch.until_exit(started, timeout_s)
         finally:  # whatever happened, nothing the call started outlives it
@@ -183,22 +187,15 @@ def _rebuild(payload: dict[str, Any]) -> BaseException:
 
 class _Watch:
     """Samples a child tree's memory and kills it past its cap; remembers every process of
-    the tree it has seen (pid and start time), so they can all be ended with the call.
+    the tree it has seen (pid and start time), so they can all be ended with the call."""
 
-    Without a cgroup (``fast_tree``) the tree is walked at every sample, and sampling is fast
-    while the tree has more than one process: a child forked between two walks is invisible
-    to the cap until the next one."""
-
-    def __init__(
-        self, child: subprocess.Popen[bytes] | spare.ForkedChild, cap_mb: float, fast_tree: bool
-    ) -> None:
+    def __init__(self, child: subprocess.Popen[bytes] | spare.ForkedChild, cap_mb: float) -> None:
         assert child.pid is not None  # started (or forked) by now
         self.child, self.pid = child, child.pid
         self.cap_kb = cap_mb * 1024
         self.peak_kb = 0.0
         self.tree = [child.pid]
         self.seen: dict[int, int] = {}
-        self.fast_tree = fast_tree
         self._tree_at = 0.0
 
     @property
@@ -208,7 +205,7 @@ class _Watch:
     def until_exit(self, started: float, timeout_s: float | None) -> str:
         while True:
             now = time.monotonic()
-            if self.fast_tree or now - self._tree_at > TREE_REFRESH_S:
+            if now - self._tree_at >= TREE_REFRESH_S:
                 self.tree = proctree.process_tree(self.pid)
                 self._tree_at = now
                 if len(self.tree) > 1:
@@ -221,7 +218,7 @@ class _Watch:
                 return "watchdog"
             if timeout_s is not None and now - started > timeout_s:
                 return "timeout"
-            fast = used_kb > FAST_ABOVE * self.cap_kb or (self.fast_tree and len(self.tree) > 1)
+            fast = used_kb > FAST_ABOVE * self.cap_kb or (FAST_WHEN_FORKED and len(self.tree) > 1)
             time.sleep(FAST_INTERVAL_S if fast else SLOW_INTERVAL_S)
 
 
