@@ -99,16 +99,12 @@ def guarded_call(
         oom_before = cgroup_oom_kills()
         proctree.adopt_orphans()
         group = call_cgroup.for_call(cap_mb)
-        procs_file = group.procs_file if group is not None else None
-        child = spare.take_child(env, module_name)
-        started = time.monotonic()
         try:
-            spare.hand_call(child, str(call_file), str(result_file), cap_mb, procs_file)
-        except OSError:  # the waiting child is gone (killed from outside): one more
-            _end_call(child, {}, None)
-            child = spare.start_child(env, module_name)
-            started = time.monotonic()
-            spare.hand_call(child, str(call_file), str(result_file), cap_mb, procs_file)
+            child, started = _start_call(env, module_name, (call_file, result_file), cap_mb, group)
+        except BaseException:
+            if group is not None:
+                group.end(proctree.END_WAIT_S)
+            raise
         watch = _Watch(child, cap_mb)
         try:
             outcome = watch.until_exit(started, timeout_s)
@@ -149,6 +145,28 @@ def guarded_call(
             detail=f"the kernel's OOM killer in the call's cgroup ({payload['message'][:300]})",
         )
     raise _rebuild(payload)
+
+
+def _start_call(
+    env: dict[str, str],
+    module_name: str,
+    files: tuple[Path, Path],
+    cap_mb: float,
+    group: call_cgroup.CallGroup | None,
+) -> tuple[subprocess.Popen[bytes] | spare.ForkedChild, float]:
+    """A child running the call (joined to the call's cgroup), and when it started."""
+    procs_file = group.procs_file if group is not None else None
+    call_file, result_file = (str(f) for f in files)
+    child = spare.take_child(env, module_name)
+    started = time.monotonic()
+    try:
+        spare.hand_call(child, call_file, result_file, cap_mb, procs_file)
+    except OSError:  # the waiting child is gone (killed from outside): one more
+        _end_call(child, {}, None)
+        child = spare.start_child(env, module_name)
+        started = time.monotonic()
+        spare.hand_call(child, call_file, result_file, cap_mb, procs_file)
+    return child, started
 
 
 def callable_path(func: Callable[..., Any] | str) -> tuple[str, str]:
