@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import psutil
-import pytest
 
 DASK = str(Path(sys.executable).with_name("dask"))
 _CLIENT = """
@@ -104,4 +103,3 @@ def test_a_tls_scheduler_on_localhost_serves_only_certified_peers(tmp_path):
         assert refused.returncode != 0 and refused.stdout.decode().strip() != "6"
     finally:
         _stop(started)
-

@@ -103,3 +103,59 @@ def test_memory_no_process_maps_is_stopped_by_the_calls_cgroup(tmp_path):
     assert caught.value.kind == "oom-killer"
     assert "kernel" in str(caught.value)
     assert CAP_MB * 0.5 < written <= CAP_MB * call_cgroup.HARD_FACTOR  # stopped at the limit
+
+
+def test_a_call_leaves_no_cgroup_behind(tmp_path):
+    if not call_cgroup.available():
+        pytest.skip("no writable memory cgroup here (v1 hierarchy or v2 subtree)")
+    parent = call_cgroup._parent()
+    assert parent is not None
+    run_guarded(bodies.grandchild_then, "return", str(tmp_path), cap_mb=CAP_MB)
+    with pytest.raises(ValueError):
+        run_guarded(bodies.grandchild_then, "error", str(tmp_path), cap_mb=CAP_MB)
+    assert not list(parent[0].glob("call-*"))
+
+
+def test_cgroups_of_a_killed_guarding_process_are_removed_by_the_next(tmp_path):
+    if not call_cgroup.available():
+        pytest.skip("no writable memory cgroup here (v1 hierarchy or v2 subtree)")
+    import subprocess
+    import sys
+
+    script = (
+        "import os, time\nfrom headroom import cgroup\n"
+        "group = cgroup.for_call(100)\nprint(group.path, flush=True)\ntime.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        left = Path(process.stdout.readline().decode().strip())
+        assert left.is_dir()
+    finally:
+        process.kill()  # no atexit: its cgroups stay
+        process.wait()
+    assert left.is_dir()
+    subprocess.run(
+        [sys.executable, "-c", "from headroom import cgroup; assert cgroup.available()"],
+        check=True,
+    )
+    assert not left.exists() and not left.parent.exists()
+
+
+def test_a_pid_reused_by_another_process_is_never_killed():
+    import subprocess
+
+    from headroom import proctree
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        identity = proctree.identity(other.pid)
+        assert identity is not None
+        # The guard saw a process with this pid that started at another time: not this one.
+        assert proctree.end({other.pid: identity[1] - 1}, wait_s=1.0) == []
+        assert other.poll() is None
+        assert proctree.end({other.pid: identity[1]}, wait_s=5.0) == []
+        assert proctree.identity(other.pid) is None  # killed and reaped
+    finally:
+        other.kill()
+        other.wait()
