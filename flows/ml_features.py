@@ -84,14 +84,6 @@ def file_batches(files: list[dict[str, Any]], rows_per_batch: int) -> list[list[
     return batches
 
 
-def _sql_path(path: str | Path) -> str:
-    return str(path).replace("'", "''")
-
-
-def _sql_list(paths: list[str]) -> str:
-    return "[" + ", ".join(f"'{_sql_path(p)}'" for p in paths) + "]"
-
-
 _WINDOWS = """
     c1h AS (PARTITION BY customer_id ORDER BY t RANGE BETWEEN 3600000 PRECEDING AND CURRENT ROW),
     c24h AS (PARTITION BY customer_id ORDER BY t RANGE BETWEEN 86400000 PRECEDING AND CURRENT ROW),
@@ -106,16 +98,19 @@ _WINDOWS = """
 """
 
 
-def _batch_sql(sources: list[str], members: list[str], lower_ms: int) -> str:
-    """One batch's features: windows over the batch's files plus 7 days of look-back."""
+def _batch_sql() -> str:
+    """One batch's features: windows over the batch's files plus 7 days of look-back.
+
+    Parameters: ``$sources`` (files read), ``$members`` (files whose rows are kept) and
+    ``$lower`` (first epoch ms read)."""
     return f"""
     WITH src AS (
         SELECT transaction_id, epoch_ms(ts) AS t, customer_id, device_id,
                CAST(merchant_category AS VARCHAR) AS merchant_category,
                CAST(channel AS VARCHAR) AS channel, amount, latitude, longitude, is_fraud,
                CAST(fraud_scenario AS VARCHAR) AS fraud_scenario, filename
-        FROM read_parquet({_sql_list(sources)}, filename = true)
-        WHERE epoch_ms(ts) >= {lower_ms}
+        FROM read_parquet($sources, filename = true)
+        WHERE epoch_ms(ts) >= $lower
     ), windowed AS (
         SELECT *,
             count(*) OVER c1h AS cust_tx_1h, count(*) OVER c24h AS cust_tx_24h,
@@ -161,7 +156,7 @@ def _batch_sql(sources: list[str], members: list[str], lower_ms: int) -> str:
     JOIN first_seen fs ON fs.customer_id = w.customer_id AND fs.device_id = w.device_id
     JOIN first_customer fc ON fc.customer_id = w.customer_id
     LEFT JOIN homes h ON h.customer_id = w.customer_id
-    WHERE w.filename IN {_sql_list(members).replace("[", "(").replace("]", ")")}
+    WHERE list_contains($members, w.filename)
     """
 
 
@@ -185,23 +180,26 @@ def build_features(
     scratch = building / ".duckdb"
     con = connect_duckdb(cap, str(scratch / "spill"), str(scratch / "work.duckdb"))
     try:
-        everything = _sql_list(list(paths.values()))
+        everything = {"files": list(paths.values())}
         # First use of each (customer, device) and each customer's first transaction: small
         # aggregates over the whole dataset, so a batch knows what came before its look-back.
         con.execute(
-            f"""CREATE TABLE first_seen AS SELECT customer_id, device_id, min(epoch_ms(ts))
-            AS first_t FROM read_parquet({everything}) GROUP BY customer_id, device_id"""
+            """CREATE TABLE first_seen AS SELECT customer_id, device_id, min(epoch_ms(ts))
+            AS first_t FROM read_parquet($files) GROUP BY customer_id, device_id""",
+            everything,
         )
         con.execute(
-            f"""CREATE TABLE first_customer AS SELECT customer_id, min(epoch_ms(ts)) AS first_t
-            FROM read_parquet({everything}) GROUP BY customer_id"""
+            """CREATE TABLE first_customer AS SELECT customer_id, min(epoch_ms(ts)) AS first_t
+            FROM read_parquet($files) GROUP BY customer_id""",
+            everything,
         )
         # Home locations are optional (customers.parquet): without them km_from_home is missing.
         customers = root / "customers.parquet"
         if customers.exists():
             con.execute(
                 "CREATE TABLE homes AS SELECT customer_id, home_latitude, home_longitude "
-                f"FROM read_parquet('{_sql_path(customers)}')"
+                "FROM read_parquet(?)",
+                [str(customers)],
             )
         else:
             con.execute(
@@ -220,10 +218,12 @@ def build_features(
             members = [paths[f["path"]] for f in batch]
             part = building / f"part-{number:05d}.parquet"
             con.execute(
-                f"COPY ({_batch_sql(sources, members, lower)} ORDER BY ts_ms, transaction_id) "
-                f"TO '{part}' (FORMAT parquet, ROW_GROUP_SIZE 100000)"
+                f"COPY ({_batch_sql()} ORDER BY ts_ms, transaction_id) "
+                "TO $part (FORMAT parquet, ROW_GROUP_SIZE 100000)",
+                {"sources": sources, "members": members, "lower": lower, "part": str(part)},
             )
-            batch_rows = con.execute(f"SELECT count(*) FROM '{part}'").fetchall()[0][0]
+            counted = con.execute("SELECT count(*) FROM read_parquet(?)", [str(part)])
+            batch_rows = counted.fetchall()[0][0]
             expected = sum(int(f["rows"]) for f in batch)
             if batch_rows != expected:
                 raise BadInput(

@@ -28,7 +28,7 @@ from headroom.storage import open_storage
 def _parts(features_dir: str) -> str:
     if not features_complete(features_dir):
         raise BadInput(f"features {features_dir}: no _features.json (features not complete)")
-    return str(Path(features_dir) / "part-*.parquet").replace("'", "''")
+    return str(Path(features_dir) / "part-*.parquet")
 
 
 def _encode(table: Any, categories: dict[str, list[str]]) -> Any:
@@ -71,9 +71,11 @@ def train_model(
     scratch = Path(model_path).parent / f".duckdb-{uuid.uuid4().hex[:8]}"
     con = connect_duckdb(cap / 2, str(scratch))
     try:
+        train = {"parts": parts, "end": int(train_end_ms)}
         train_rows, train_fraud = con.execute(
-            f"SELECT count(*), count(*) FILTER (is_fraud) FROM read_parquet('{parts}') "
-            f"WHERE ts_ms < {int(train_end_ms)}"
+            "SELECT count(*), count(*) FILTER (is_fraud) FROM read_parquet($parts) "
+            "WHERE ts_ms < $end",
+            train,
         ).fetchall()[0]
         if train_fraud < MIN_TRAIN_FRAUD:
             raise BadInput(
@@ -89,25 +91,32 @@ def train_model(
             name: sorted(
                 v[0]
                 for v in con.execute(
-                    f"SELECT DISTINCT {name} FROM read_parquet('{parts}') "
-                    f"WHERE ts_ms < {int(train_end_ms)} AND {name} IS NOT NULL"
+                    f"SELECT DISTINCT {name} FROM read_parquet($parts) "
+                    f"WHERE ts_ms < $end AND {name} IS NOT NULL",
+                    train,
                 ).fetchall()
             )
             for name in CATEGORICAL
         }
         # A hash of (id, seed) picks the sample: the same rows whatever the thread count.
-        pick = f"(hash(transaction_id, {int(seed)}) % 1000000) / 1000000.0"
-        sample = f"""FROM read_parquet('{parts}') WHERE ts_ms < {int(train_end_ms)}
-            AND ((is_fraud AND {pick} < {fraud_share})
-                 OR (NOT is_fraud AND {pick} < {genuine_share}))"""
-        (count,) = con.execute(f"SELECT count(*) {sample}").fetchall()[0]
+        pick = "(hash(transaction_id, $seed) % 1000000) / 1000000.0"
+        sample = f"""FROM read_parquet($parts) WHERE ts_ms < $end
+            AND ((is_fraud AND {pick} < $fraud_share)
+                 OR (NOT is_fraud AND {pick} < $genuine_share))"""
+        drawn = {
+            **train,
+            "seed": int(seed),
+            "fraud_share": float(fraud_share),
+            "genuine_share": float(genuine_share),
+        }
+        (count,) = con.execute(f"SELECT count(*) {sample}", drawn).fetchall()[0]
         # The matrix is filled batch by batch: the sample is never held twice.
         matrix = np.empty((count, len(FEATURES)), dtype=np.float64)
         labels = np.empty(count, dtype=bool)
         columns = ", ".join(["transaction_id", "is_fraud", *FEATURES])
-        reader = con.sql(f"SELECT {columns} {sample} ORDER BY transaction_id").to_arrow_reader(
-            65_536
-        )
+        reader = con.sql(
+            f"SELECT {columns} {sample} ORDER BY transaction_id", params=drawn
+        ).to_arrow_reader(65_536)
         filled = 0
         for batch in reader:
             rows = batch.num_rows
@@ -254,7 +263,8 @@ def evaluate_model(
         columns = ", ".join(["transaction_id", "is_fraud", "fraud_scenario", *FEATURES])
         # No ORDER BY: rows stream through in batches; ties are broken by id in the metrics.
         reader = con.sql(
-            f"SELECT {columns} FROM read_parquet('{parts}') WHERE ts_ms >= {int(test_start_ms)}"
+            f"SELECT {columns} FROM read_parquet($parts) WHERE ts_ms >= $start",
+            params={"parts": parts, "start": int(test_start_ms)},
         ).to_arrow_reader(rows_per_batch)
         for batch in reader:
             if batch.num_rows == 0:

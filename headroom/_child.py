@@ -50,6 +50,17 @@ def _die_with_parent() -> None:
         pass
 
 
+def _join_cgroup(procs_file: str | None) -> None:
+    """Enter the call's cgroup (headroom.cgroup) before the call runs: everything the body
+    starts is then born inside it. Written here, not imported: the child imports nothing."""
+    if procs_file:
+        try:
+            with open(procs_file, "w") as handle:
+                handle.write(str(os.getpid()))
+        except OSError:
+            pass  # the guard still watches the tree from /proc
+
+
 def _qualified(exc: BaseException) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
@@ -112,6 +123,7 @@ def wait_for_call(module_name: str) -> None:
     if not line:
         os._exit(0)
     call = json.loads(line)
+    _join_cgroup(call.get("cgroup"))
     os.environ["HEADROOM_CAP_MB"] = str(call["cap_mb"])
     main(call["call"], call["result"])
 
@@ -213,6 +225,7 @@ def _run_forked(call: dict, server: int, server_fds: tuple[int, ...]) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != server:  # the server died before prctl took effect
         os._exit(137)
+    _join_cgroup(call.get("cgroup"))
     os.environ["HEADROOM_CAP_MB"] = str(call["cap_mb"])
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:  # as a fresh process would be (``random`` reseeds at fork)

@@ -152,7 +152,7 @@ def host_memory_bytes(proc_root: str | os.PathLike[str] = "/proc") -> int | None
     return None
 
 
-def _own_memory_cgroup(
+def own_memory_cgroup(
     proc_root: str | os.PathLike[str], cgroup_root: str | os.PathLike[str]
 ) -> tuple[Path, Path, str] | None:
     """(mount of the memory hierarchy, this process's cgroup under it, "v1" or "v2"), from
@@ -196,7 +196,7 @@ def cgroup_limit_bytes(
     cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
 ) -> tuple[int | None, str]:
     """The tightest memory limit over this process's cgroup and its ancestors (v1 or v2)."""
-    found = _own_memory_cgroup(proc_root, cgroup_root)
+    found = own_memory_cgroup(proc_root, cgroup_root)
     if found is None:
         return None, ""
     base, current, version = found
@@ -234,7 +234,7 @@ def usable_cores(
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    found = _own_memory_cgroup(proc_root, cgroup_root)
+    found = own_memory_cgroup(proc_root, cgroup_root)
     if found is not None and found[2] == "v2":
         base, current = found[0], found[1]
         while True:
@@ -256,7 +256,7 @@ def cgroup_oom_kills(
 ) -> int | None:
     """The OOM-kill counter of this process's memory cgroup (v2 ``memory.events`` counts its
     whole subtree, v1 ``memory.oom_control`` the group), where the kernel exposes one."""
-    found = _own_memory_cgroup(proc_root, cgroup_root)
+    found = own_memory_cgroup(proc_root, cgroup_root)
     if found is None:
         return None
     base, relative, version = found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headroom import spare
+import headroom.cgroup as call_cgroup
+from headroom import proctree, spare
 from headroom.budget import cgroup_oom_kills
 from headroom.errors import ChildFailed, GuardTimeout, OutOfMemory
 from headroom.units import MIB
@@ -24,8 +27,12 @@ from headroom.units import MIB
 SLOW_INTERVAL_S = 0.02
 FAST_INTERVAL_S = 0.004
 FAST_ABOVE = 0.5
-TREE_REFRESH_S = 0.2
-_PAGE_KB = 1024
+# The tree is walked at every sample (a process forked between two walks is invisible to the
+# cap until the next), and sampling is fast while the tree has more than one process: children
+# started together can allocate together.
+TREE_REFRESH_S = 0.0
+FAST_WHEN_FORKED = True
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,23 +97,22 @@ def guarded_call(
         search = [p for p in sys.path if p] + env.get("PYTHONPATH", "").split(os.pathsep)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in search if p))
         oom_before = cgroup_oom_kills()
-        child = spare.take_child(env, module_name)
-        started = time.monotonic()
+        proctree.adopt_orphans()
+        group = call_cgroup.for_call(cap_mb)
         try:
-            spare.hand_call(child, str(call_file), str(result_file), cap_mb)
-        except OSError:  # the waiting child is gone (killed from outside): one more
-            _kill_tree(child)
-            child = spare.start_child(env, module_name)
-            started = time.monotonic()
-            spare.hand_call(child, str(call_file), str(result_file), cap_mb)
+            child, started = _start_call(env, module_name, (call_file, result_file), cap_mb, group)
+        except BaseException:
+            if group is not None:
+                group.end(proctree.END_WAIT_S)
+            raise
         watch = _Watch(child, cap_mb)
         try:
             outcome = watch.until_exit(started, timeout_s)
-        except BaseException:
-            _kill_tree(child)
-            raise
+        finally:  # whatever happened, nothing the call started outlives it
+            _end_call(child, watch.seen, group)
         seconds = time.monotonic() - started
         peak_mb = watch.peak_mb
+        kernel_kills = group.oom_kills if group is not None else 0
         if outcome == "watchdog":
             raise OutOfMemory(
                 "watchdog", cap_mb, peak_mb, detail=f"killed past its cap after {seconds:.1f} s"
@@ -117,7 +123,7 @@ def guarded_call(
             code = child.wait()
             if code in (-signal.SIGKILL, 137):
                 oom_after = cgroup_oom_kills()
-                counted = (
+                counted = kernel_kills > 0 or (
                     oom_before is not None and oom_after is not None and oom_after > oom_before
                 )
                 detail = "the kernel's OOM killer" if counted else "SIGKILL from outside"
@@ -131,7 +137,36 @@ def guarded_call(
         return GuardResult(payload["value"], peak_mb, seconds, payload.get("base_kb", 0) / 1024)
     if payload["oom"]:
         raise OutOfMemory(payload["oom"], cap_mb, peak_mb, detail=payload["message"][:500])
+    if kernel_kills:  # a process of the call was OOM-killed in its cgroup: the cause
+        raise OutOfMemory(
+            "oom-killer",
+            cap_mb,
+            peak_mb,
+            detail=f"the kernel's OOM killer in the call's cgroup ({payload['message'][:300]})",
+        )
     raise _rebuild(payload)
+
+
+def _start_call(
+    env: dict[str, str],
+    module_name: str,
+    files: tuple[Path, Path],
+    cap_mb: float,
+    group: call_cgroup.CallGroup | None,
+) -> tuple[subprocess.Popen[bytes] | spare.ForkedChild, float]:
+    """A child running the call (joined to the call's cgroup), and when it started."""
+    procs_file = group.procs_file if group is not None else None
+    call_file, result_file = (str(f) for f in files)
+    child = spare.take_child(env, module_name)
+    started = time.monotonic()
+    try:
+        spare.hand_call(child, call_file, result_file, cap_mb, procs_file)
+    except OSError:  # the waiting child is gone (killed from outside): one more
+        _end_call(child, {}, None)
+        child = spare.start_child(env, module_name)
+        started = time.monotonic()
+        spare.hand_call(child, call_file, result_file, cap_mb, procs_file)
+    return child, started
 
 
 def callable_path(func: Callable[..., Any] | str) -> tuple[str, str]:
@@ -169,7 +204,8 @@ def _rebuild(payload: dict[str, Any]) -> BaseException:
 
 
 class _Watch:
-    """Samples a child tree's memory and kills it past its cap."""
+    """Samples a child tree's memory and kills it past its cap; remembers every process of
+    the tree it has seen (pid and start time), so they can all be ended with the call."""
 
     def __init__(self, child: subprocess.Popen[bytes] | spare.ForkedChild, cap_mb: float) -> None:
         assert child.pid is not None  # started (or forked) by now
@@ -177,6 +213,7 @@ class _Watch:
         self.cap_kb = cap_mb * 1024
         self.peak_kb = 0.0
         self.tree = [child.pid]
+        self.seen: dict[int, int] = {}
         self._tree_at = 0.0
 
     @property
@@ -186,78 +223,43 @@ class _Watch:
     def until_exit(self, started: float, timeout_s: float | None) -> str:
         while True:
             now = time.monotonic()
-            if now - self._tree_at > TREE_REFRESH_S:
-                self.tree = _process_tree(self.pid)
+            if now - self._tree_at >= TREE_REFRESH_S:
+                self.tree = proctree.process_tree(self.pid)
                 self._tree_at = now
-            used_kb, hwm_kb = _tree_memory_kb(self.tree)
+                if len(self.tree) > 1:
+                    proctree.remember(self.seen, self.tree[1:])
+            used_kb, hwm_kb = proctree.tree_memory_kb(self.tree)
             self.peak_kb = max(self.peak_kb, used_kb, hwm_kb)
             if self.child.poll() is not None:
                 return "exited"
             if used_kb > self.cap_kb:
-                _kill_tree(self.child)
                 return "watchdog"
             if timeout_s is not None and now - started > timeout_s:
-                _kill_tree(self.child)
                 return "timeout"
-            fast = used_kb > FAST_ABOVE * self.cap_kb
+            fast = used_kb > FAST_ABOVE * self.cap_kb or (FAST_WHEN_FORKED and len(self.tree) > 1)
             time.sleep(FAST_INTERVAL_S if fast else SLOW_INTERVAL_S)
 
 
-def _process_tree(root: int) -> list[int]:
-    """The root pid and all its descendants, from /proc/<pid>/task/<tid>/children."""
-    pids, index = [root], 0
-    while index < len(pids):
-        pid = pids[index]
-        index += 1
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children") as handle:
-                    pids.extend(int(p) for p in handle.read().split())
-        except OSError:
-            continue
-    return pids
-
-
-def _tree_memory_kb(pids: list[int]) -> tuple[float, float]:
-    """(sum of RssAnon + RssShmem, sum of the processes' anonymous high-water marks) in KiB.
-
-    VmHWM counts file-backed pages too (shared libraries), so the file-backed part seen now is
-    taken off it: what is left estimates the peak of the memory the cap is about.
-    """
-    used = hwm = 0.0
-    for pid in pids:
-        fields = _status_kb(pid)
-        if not fields:
-            continue
-        anon = fields.get("RssAnon", 0) + fields.get("RssShmem", 0)
-        used += anon
-        hwm += max(fields.get("VmHWM", 0) - fields.get("RssFile", 0), anon)
-    return used, hwm
-
-
-def _status_kb(pid: int) -> dict[str, int]:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            text = handle.read()
-    except OSError:
-        return {}
-    fields = {}
-    for line in text.split(b"\n"):
-        if line.startswith((b"Rss", b"VmHWM")):
-            name, _, rest = line.partition(b":")
-            fields[name.decode()] = int(rest.split()[0])
-    return fields
-
-
-def _kill_tree(child: subprocess.Popen[bytes] | spare.ForkedChild) -> None:
-    """SIGKILL the child's process group (the child started its own session) and reap it."""
-    if child.pid is None:  # a fork that never happened
-        return
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):  # a forked child not yet in its own session
+def _end_call(
+    child: subprocess.Popen[bytes] | spare.ForkedChild,
+    seen: dict[int, int],
+    group: call_cgroup.CallGroup | None,
+) -> None:
+    """SIGKILL the child, its process group, every descendant seen and everything in the
+    call's cgroup; reap the child and wait until every one is gone."""
+    if child.pid is not None:  # None: a fork that never happened
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)  # ESRCH: a forked child not yet in its session
         child.kill()
-    child.wait()
+    if group is not None:  # ended and reaped with those seen; the cgroup then catches forks
+        proctree.remember(seen, [pid for pid in group.pids() if pid != child.pid])
+    left = proctree.end(seen)
+    if group is not None:
+        left += group.end(proctree.END_WAIT_S)
+    if child.pid is not None:
+        child.wait()
+    if left:
+        log.warning("a guarded call's processes %s outlived SIGKILL", sorted(set(left)))
 
 
 def current_cap_mb() -> float | None:
@@ -280,7 +282,7 @@ def duckdb_share(fraction: float = 0.4, default_mb: float = 256.0, floor_mb: flo
 
 def memory_of(pid: int) -> float:
     """RssAnon + RssShmem of one process in MiB (0 if it is gone)."""
-    fields = _status_kb(pid)
+    fields = proctree.status_kb(pid)
     return (fields.get("RssAnon", 0) + fields.get("RssShmem", 0)) / 1024
 
 

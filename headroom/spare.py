@@ -152,14 +152,21 @@ def _arrived(
 
 
 def hand_call(
-    child: subprocess.Popen[bytes] | ForkedChild, call_file: str, result_file: str, cap_mb: float
+    child: subprocess.Popen[bytes] | ForkedChild,
+    call_file: str,
+    result_file: str,
+    cap_mb: float,
+    cgroup_procs: str | None = None,
 ) -> None:
-    """Give a waiting child its call (or have its server fork it); it starts at once."""
+    """Give a waiting child its call (or have its server fork it); it starts at once, after
+    joining the call's cgroup (its ``cgroup.procs`` file) when there is one."""
     if isinstance(child, ForkedChild):
-        child.server.fork(child, call_file, result_file, cap_mb)
+        child.server.fork(child, call_file, result_file, cap_mb, cgroup_procs)
         return
     assert child.stdin is not None
-    message = json.dumps({"call": call_file, "result": result_file, "cap_mb": cap_mb})
+    message = json.dumps(
+        {"call": call_file, "result": result_file, "cap_mb": cap_mb, "cgroup": cgroup_procs}
+    )
     child.stdin.write(message.encode() + b"\n")
     child.stdin.close()
 

@@ -57,7 +57,7 @@ class ForkedChild:
         return self.returncode
 
     def kill(self) -> None:
-        if self.pid is not None:
+        if self.pid is not None and self.returncode is None:  # reaped: the pid may be reused
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
@@ -97,15 +97,29 @@ class _Server:
         self._answered.wait(START_TIMEOUT_S)
         return self.state == "ready"
 
-    def fork(self, child: ForkedChild, call_file: str, result_file: str, cap_mb: float) -> None:
-        """Have the server fork ``child`` for this call; OSError when the server is gone."""
+    def fork(
+        self,
+        child: ForkedChild,
+        call_file: str,
+        result_file: str,
+        cap_mb: float,
+        cgroup_procs: str | None = None,
+    ) -> None:
+        """Have the server fork ``child`` for this call (the child joins the call's cgroup
+        before it runs anything); OSError when the server is gone."""
         token = uuid.uuid4().hex
         replied = threading.Event()
         with self._lock:
             if self.state != "ready":
                 raise OSError(f"the fork server of {self.module} is {self.state}")
             self._waiting[token] = (child, replied)
-        message = {"token": token, "call": call_file, "result": result_file, "cap_mb": cap_mb}
+        message = {
+            "token": token,
+            "call": call_file,
+            "result": result_file,
+            "cap_mb": cap_mb,
+            "cgroup": cgroup_procs,
+        }
         try:
             assert self.process.stdin is not None
             self.process.stdin.write(json.dumps(message).encode() + b"\n")

@@ -1,11 +1,11 @@
 """Scale-out on Dask: budgeted tasks on an existing cluster, each task's cap taken from the
 memory limit of the Dask worker that runs it.
 
-    dask worker tcp://scheduler:8786 --nworkers 2 --memory-limit 8GiB \\
-        --preload deployments.production.dask_budget
+    dask worker tls://scheduler:8786 --nworkers 2 --memory-limit 8GiB \\
+        --preload deployments.production.dask_budget   # + the TLS flags of docs/PRODUCTION.md
 
     from deployments.production.dask_budget import on_dask
-    on_dask(generate_fraud_dataset, "tcp://scheduler:8786")(size="2GB")
+    on_dask(generate_fraud_dataset, "tls://scheduler:8786")(size="2GB")
 
 The preload (``dask_setup``) runs once in each worker process and sets HEADROOM_MEMORY_LIMIT
 to that worker's own memory limit, so headroom's budget there (and with it every tag cap and

@@ -91,12 +91,12 @@ async def _admin_connection(settings: PgSettings):
 
 
 async def _execute_formatted(connection, template: str, *values: str) -> None:
-    """Let PostgreSQL quote identifiers (%I) and literals (%L) of a utility statement.
-
-    ``template`` is always a constant of this module; only ``values`` vary, as bind parameters.
-    """
-    placeholders = "".join(f", ${i}::text" for i in range(1, len(values) + 1))
-    statement = await connection.fetchval(f"SELECT format('{template}'{placeholders})", *values)
+    """Let PostgreSQL quote identifiers (%I) and literals (%L) of a utility statement (which
+    takes no bind parameters): the template and the values go to ``format`` as parameters."""
+    placeholders = "".join(f", ${i}::text" for i in range(2, len(values) + 2))
+    statement = await connection.fetchval(
+        f"SELECT format($1::text{placeholders})", template, *values
+    )
     await connection.execute(statement)
 
 

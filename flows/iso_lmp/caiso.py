@@ -94,9 +94,9 @@ class Caiso(IsoFormat):
             self.check_header(path, split_header(header[0]), COLUMNS, 1)
             con = duckdb.connect(str(Path(work, "pivot.duckdb")))
             try:
-                con.execute(f"SET memory_limit='{duckdb_share()}'")
+                con.execute("SET memory_limit = ?", [duckdb_share()])
                 con.execute("SET threads=1")  # keeps file order for line numbers
-                con.execute(f"SET temp_directory='{work}/spill'")
+                con.execute("SET temp_directory = ?", [f"{work}/spill"])
                 yield from self._pivot(con, path, csv_path, market, chunk_rows)
             finally:
                 con.close()

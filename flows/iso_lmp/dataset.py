@@ -425,7 +425,7 @@ def _duplicate_on_disk(staged: list[Path]) -> tuple[str, int, int, int] | None:
         return None
     con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit='{duckdb_share()}'")
+        con.execute("SET memory_limit = ?", [duckdb_share()])
         con.execute("SET threads=1")
         row = con.execute(
             "SELECT location, epoch_us(interval_start_utc), min(_line), "
@@ -608,26 +608,24 @@ def _deduplicated(parts, staging: str, storage: Storage, data: str, rows_per_chu
 
     # Later file = newer raw file (modification time), then later name: rank ascending.
     ranked = sorted(parts, key=lambda p: (p[1], p[2]))
-    values = ", ".join(
-        "('{}', {})".format(str(part).replace("'", "''"), rank)
-        for rank, (part, _, _) in enumerate(ranked)
-    )
-    files = ", ".join("'{}'".format(str(p[0]).replace("'", "''")) for p in ranked)
+    files = [str(part) for part, _, _ in ranked]
     spill = Path(staging) / ".duckdb-spill"
     spill.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit='{duckdb_share()}'")
+        con.execute("SET memory_limit = ?", [duckdb_share()])
         con.execute("SET threads=1")
         con.execute("SET TimeZone='UTC'")
-        con.execute(f"SET temp_directory='{spill}'")
+        con.execute("SET temp_directory = ?", [str(spill)])
         query = con.sql(
-            f"WITH ranks(filename, file_rank) AS (VALUES {values}) "
-            f"SELECT {', '.join(CANONICAL_COLUMNS)} FROM read_parquet([{files}], filename=true) "
+            "WITH ranks AS (SELECT unnest($files) AS filename, "
+            "generate_subscripts($files, 1) AS file_rank) "
+            f"SELECT {', '.join(CANONICAL_COLUMNS)} FROM read_parquet($files, filename=true) "
             "JOIN ranks USING (filename) "
             "QUALIFY row_number() OVER (PARTITION BY market, location, interval_start_utc "
             "ORDER BY _revision DESC, file_rank DESC, _line DESC) = 1 "
-            "ORDER BY interval_start_utc, location"
+            "ORDER BY interval_start_utc, location",
+            params={"files": files},
         )
         return _write_parquet(storage, data, query.to_arrow_reader(rows_per_chunk), rows_per_chunk)
     finally:
