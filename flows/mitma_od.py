@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 
 from flows import mitma_od_core as core
 from flows.mitma_od_core import DEFAULT_SOURCE, BadInput, MitmaParams, ZoneType
+from flows.params_base import data_root, signature_from
 from headroom import Chunking
 from headroom.prefect import (
     FLOW_HOOKS,
@@ -76,6 +77,7 @@ def _name_of(item: dict[str, Any]) -> str:
 
 
 @flow(name="ingest-mitma-od", **FLOW_HOOKS)
+@signature_from(MitmaParams)
 def ingest_mitma_od(
     start_date: date | None = None,
     end_date: date | None = None,
@@ -90,7 +92,8 @@ def ingest_mitma_od(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Load the MITMA daily OD files of a date range and zone type into bronze + silver."""
-    params = MitmaParams(
+    params = MitmaParams.parse(
+        data_root=data_root(),
         start_date=start_date,
         end_date=end_date,
         zone_type=zone_type,
