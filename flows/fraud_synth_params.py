@@ -30,7 +30,10 @@ class FraudSynthParams(FlowParams):
         "MiB = 2^20); ignored when transactions is given.",
     )
     transactions: int | None = Field(
-        default=None, ge=1, le=100_000_000_000, description="Exact transaction count (wins over size)."
+        default=None,
+        ge=1,
+        le=100_000_000_000,
+        description="Exact transaction count (wins over size).",
     )
     start: date = Field(default=date(2024, 1, 1), description="First day of the data.")
     end: date = Field(default=date(2024, 3, 31), description="Last day (inclusive).")

@@ -128,8 +128,9 @@ class MitmaParams(FlowParams):
         description="DuckDB file of bronze/silver (relative: under the data root).",
     )
     cache_dir: str | None = Field(
-        None, description="Raw cache + staging (relative: under the data root); default: next "
-        "to the database."
+        None,
+        description="Raw cache + staging (relative: under the data root); default: next "
+        "to the database.",
     )
     raw_retention_days: int = Field(
         0, ge=0, le=3650, description="Keep downloaded files this many days (0: drop on load)."

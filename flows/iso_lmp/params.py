@@ -22,7 +22,7 @@ class IsoLmpParams(FlowParams):
     iso: IsoChoice | list[IsoName] = Field(  # type: ignore[valid-type]
         "all",
         validate_default=True,
-        description=f"'all', one ISO or a list of them: {', '.join(ISOS)}."
+        description=f"'all', one ISO or a list of them: {', '.join(ISOS)}.",
     )
     start: date | None = Field(None, description="First operating day (default: yesterday, UTC).")
     end: date | None = Field(None, description="Last operating day, inclusive (default: start).")
