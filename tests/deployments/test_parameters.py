@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
