@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from flows import fraud_synth_gen as gen
 from flows.fraud_synth_params import Compression, FraudSynthParams
 from flows.fraud_synth_spec import BYTES_PER_TRANSACTION
+from flows.params_base import data_root, signature_from
 from headroom import BadInput, Chunking
 from headroom.prefect import (
     FLOW_HOOKS,
@@ -77,6 +78,7 @@ def _probe(storage: Storage) -> None:
 
 
 @flow(name="generate-fraud-dataset", **FLOW_HOOKS)
+@signature_from(FraudSynthParams)
 def generate_fraud_dataset(
     size: str | None = "200MB",
     transactions: int | None = None,
@@ -94,6 +96,7 @@ def generate_fraud_dataset(
 ) -> dict[str, Any]:
     """Write a fraud dataset (reference tables, transaction files, manifest) to ``out``."""
     params = FraudSynthParams.parse(
+        data_root=data_root(),
         size=size,
         transactions=transactions,
         start=start,

@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from flows.fraud_synth_spec import DatasetSpec, plan_dataset, transactions_for_size
-from headroom.errors import BadInput
+from flows.params_base import SIZE_PATTERN, FlowParams, problem, under_root
+from headroom.storage import is_location
 from headroom.units import parse_size
 
 Compression = Literal["zstd", "snappy", "lz4", "gzip", "none"]
@@ -21,25 +22,36 @@ MAX_FILES = 100_000
 """The most transaction files one dataset may plan."""
 
 
-class FraudSynthParams(BaseModel):
+class FraudSynthParams(FlowParams):
     """What to generate and where; ``transactions`` wins over ``size`` when both are given."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     size: str | None = Field(
-        default="200MB", description="Target transaction Parquet on disk, e.g. '1GB', '30GB'."
+        default="200MB",
+        pattern=SIZE_PATTERN,
+        description="Target transaction Parquet on disk, e.g. '1GB', '30GB' (MB = 10^6 bytes, "
+        "MiB = 2^20); ignored when transactions is given.",
     )
     transactions: int | None = Field(
-        default=None, ge=1, le=100_000_000_000, description="Exact transaction count."
+        default=None,
+        ge=1,
+        le=100_000_000_000,
+        description="Exact transaction count (wins over size).",
     )
     start: date = Field(default=date(2024, 1, 1), description="First day of the data.")
     end: date = Field(default=date(2024, 3, 31), description="Last day (inclusive).")
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Same seed, same dataset.")
-    file_size: str = Field(default="128MB", description="Target size of one transaction file.")
-    out: str = Field(
-        default="data/fraud", min_length=1, description="Path, s3://bucket/prefix or block name."
+    file_size: str = Field(
+        default="128MB", pattern=SIZE_PATTERN, description="Target size of one transaction file."
     )
-    compression: Compression = "zstd"
+    out: str = Field(
+        default="data/fraud",
+        min_length=1,
+        description="Output: a path (relative: under the data root), s3://bucket/prefix or the "
+        "name of an output-storage block.",
+    )
+    compression: Compression = Field(default="zstd", description="Parquet compression codec.")
     fraud_rate: float = Field(default=0.008, ge=0, le=1, description="Share of fraud rows.")
     customers: int | None = Field(
         default=None, ge=1, le=5_000_000, description="Customers (default: from the volume)."
@@ -50,43 +62,39 @@ class FraudSynthParams(BaseModel):
 
     @field_validator("size", "file_size")
     @classmethod
-    def _positive_size(cls, value: str | None, info) -> str | None:  # type: ignore[no-untyped-def]
-        if value is not None and parse_size(value, name=info.field_name) <= 0:
-            raise ValueError(f"{info.field_name} must be more than 0 bytes, got {value!r}")
+    def _positive_size(cls, value: str | None, info: ValidationInfo) -> str | None:
+        name = info.field_name or "size"
+        if value is not None and parse_size(value, name=name) <= 0:
+            raise problem(name, f"must be more than 0 bytes, got {value!r}")
         return value
 
     @field_validator("file_size")
     @classmethod
     def _file_size_floor(cls, value: str) -> str:
         if 0 < parse_size(value, name="file_size") < MIN_FILE_BYTES:
-            raise ValueError(f"file_size must be at least 1MB, got {value!r}")
+            raise problem("file_size", f"must be at least 1MB, got {value!r}")
         return value
+
+    @field_validator("out")
+    @classmethod
+    def _out_under_root(cls, value: str, info: ValidationInfo) -> str:
+        # A bare name is an output-storage block's, resolved by the writer.
+        return under_root(value, info) if is_location(value) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> FraudSynthParams:
         if self.end < self.start:
-            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+            raise problem("end", f"{self.end} is before start {self.start}")
         if self.size is None and self.transactions is None:
-            raise ValueError("give size or transactions")
+            raise problem("size", "give size or transactions")
         files = self.planned_files()
         if files > MAX_FILES:
-            raise ValueError(
-                f"file_size: {self.file_size!r} plans {files:,} files (at most {MAX_FILES:,}); "
-                "give a larger file_size"
+            raise problem(
+                "file_size",
+                f"{self.file_size!r} plans {files:,} files (at most {MAX_FILES:,}); "
+                "give a larger file_size",
             )
         return self
-
-    @classmethod
-    def parse(cls, **values: object) -> FraudSynthParams:
-        """Validate, turning pydantic's error into a BadInput that names each parameter."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            problems = [
-                f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}"
-                for e in exc.errors()
-            ]
-            raise BadInput("bad parameters: " + "; ".join(problems)) from None
 
     @property
     def size_bytes(self) -> int | None:

@@ -23,6 +23,7 @@ from flows.mitma_od_core import (
     MitmaParams,
     ZoneType,
 )
+from flows.params_base import data_root, signature_from
 from headroom import Chunking
 from headroom.prefect import (
     FLOW_HOOKS,
@@ -89,6 +90,7 @@ def _name_of(item: dict[str, Any]) -> str:
 
 
 @flow(name="ingest-mitma-od", **FLOW_HOOKS)
+@signature_from(MitmaParams)
 def ingest_mitma_od(
     start_date: date | None = None,
     end_date: date | None = None,
@@ -104,7 +106,8 @@ def ingest_mitma_od(
     min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Load the MITMA daily OD files of a date range and zone type into bronze + silver."""
-    params = MitmaParams(
+    params = MitmaParams.parse(
+        data_root=data_root(),
         start_date=start_date,
         end_date=end_date,
         zone_type=zone_type,

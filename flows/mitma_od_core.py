@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from flows.mitma_od_duckdb import (
     MIN_REPLACE_SHARE,
@@ -57,6 +57,7 @@ from flows.mitma_od_schema import (
     temporary_name,
 )
 from flows.mitma_od_schema import check_zone_type as _check_zone_type
+from flows.params_base import FlowParams, checks_inputs, is_url, problem, under_root
 from headroom.errors import BadInput, output_fault
 from headroom.storage import TMP_MARK
 
@@ -113,20 +114,28 @@ class TransientDownloadError(ConnectionError):
 # Parameters
 
 
-class MitmaParams(BaseModel):
+class MitmaParams(FlowParams):
     """Parameters of one ingestion run (the flow's flat keyword parameters)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     start_date: date | None = Field(None, description="First day; default: lookback_days ago.")
     end_date: date | None = Field(None, description="Last day (inclusive); default: yesterday.")
     zone_type: ZoneType = Field("distritos", description="distritos, municipios or GAU.")
     source: str = Field(
         DEFAULT_SOURCE,
-        description="Base URL of the open-data site, URL of its RSS feed, or a local mirror.",
+        min_length=1,
+        description="Base URL of the open-data site, URL of its RSS feed, or a local mirror "
+        "directory (relative: under the data root).",
     )
-    database: str = Field("data/mitma/mitma.duckdb", description="DuckDB file of bronze/silver.")
-    cache_dir: str | None = Field(None, description="Raw cache + staging; default: next to db.")
+    database: str = Field(
+        "data/mitma/mitma.duckdb",
+        min_length=1,
+        description="DuckDB file of bronze/silver (relative: under the data root).",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Raw cache + staging (relative: under the data root); default: next "
+        "to the database.",
+    )
     raw_retention_days: int = Field(
         0, ge=0, le=3650, description="Keep downloaded files this many days (0: drop on load)."
     )
@@ -146,28 +155,38 @@ class MitmaParams(BaseModel):
 
     @field_validator("source")
     @classmethod
-    def _source_kind(cls, value: str) -> str:
+    def _source_kind(cls, value: str, info: ValidationInfo) -> str:
         parsed = urlparse(value)
         if parsed.scheme in ("http", "https") and parsed.netloc:
             return value
-        if parsed.scheme in ("", "file") and value.strip():
+        if parsed.scheme == "file" and value.strip():
             return value
-        raise ValueError(f"source: expected an http(s) URL or a local directory, got {value!r}")
+        if not is_url(value) and value.strip():
+            local = under_root(value, info)
+            if checks_inputs(info) and not os.path.exists(local):
+                raise problem("source", f"{value!r} is neither a URL nor an existing directory")
+            return local
+        raise problem("source", f"expected an http(s) URL or a local directory, got {value!r}")
 
     @field_validator("database")
     @classmethod
-    def _database_file(cls, value: str) -> str:
-        if not value.strip() or value.strip() == ":memory:":
-            raise ValueError("database: expected the path of a DuckDB file")
-        return value
+    def _database_file(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip() or value.strip() == ":memory:" or is_url(value):
+            raise problem("database", "expected the path of a DuckDB file")
+        return under_root(value, info)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_under_root(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else under_root(value, info)
 
     @model_validator(mode="after")
     def _date_range(self) -> MitmaParams:
         start, end = self.days_range()
         if end < start:
-            raise ValueError(f"end_date ({end}) is before start_date ({start})")
+            raise problem("end_date", f"{end} is before start_date {start}")
         if (end - start).days >= 366:
-            raise ValueError(f"start_date..end_date spans {(end - start).days + 1} days (max 366)")
+            raise problem("end_date", f"the range spans {(end - start).days + 1} days (max 366)")
         return self
 
     def days_range(self, today: date | None = None) -> tuple[date, date]:

@@ -6,39 +6,62 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from flows.ml_core import iso, local_path, to_ms
+from flows.params_base import FlowParams, existing_dir, problem, under_root
 from headroom.errors import BadInput
 
 
-class TrainParams(BaseModel):
+class TrainParams(FlowParams):
     """Parameters of train_fraud_model, validated before any work starts."""
 
-    dataset: str = Field(min_length=1, description="fraud_synth dataset: directory or s3:// URL")
-    out: str = Field("data/models", min_length=1, description="model registry: dir or s3:// URL")
+    dataset: str = Field(
+        min_length=1,
+        description="fraud_synth dataset: directory (relative: under the data root) or s3:// URL",
+    )
+    out: str = Field(
+        "data/models",
+        min_length=1,
+        description="model registry: directory (relative: under the data root) or s3:// URL",
+    )
     train_end: datetime | None = Field(None, description="train on transactions before this")
     test_start: datetime | None = Field(None, description="evaluate on transactions from this")
     train_fraction: float = Field(
         0.7, gt=0.05, lt=0.95, description="split at this fraction of the time range (no dates)"
     )
     # 0.1 over-fitted the rare scenarios here (card testing ranked below genuine rows).
-    learning_rate: float = Field(0.05, gt=0, le=1)
+    learning_rate: float = Field(0.05, gt=0, le=1, description="boosting learning rate")
     max_iter: int = Field(150, ge=1, le=5000, description="boosting iterations")
-    max_leaf_nodes: int = Field(31, ge=2, le=4096)
-    min_samples_leaf: int = Field(5, ge=1, le=100_000)
-    l2_regularization: float = Field(0.0, ge=0)
+    max_leaf_nodes: int = Field(31, ge=2, le=4096, description="leaves per tree")
+    min_samples_leaf: int = Field(5, ge=1, le=100_000, description="rows a leaf needs at least")
+    l2_regularization: float = Field(0.0, ge=0, description="L2 penalty on leaf values")
     alert_rate: float = Field(0.01, gt=0, lt=0.5, description="share of transactions alerted")
     min_fraud_rows: int = Field(50, ge=1, description="health check: fraud rows the data needs")
     seed: int = Field(0, ge=0, description="sampling and model seed")
-    workdir: str | None = Field(None, description="local scratch for features and model files")
-    chunk_scale: float = Field(1.0, gt=0, le=1)
+    workdir: str | None = Field(
+        None,
+        description="local scratch for features and model files (relative: under the data root)",
+    )
+    chunk_scale: float = Field(
+        1.0, gt=0, le=1, description="Scale every first chunk size by this (0 < x <= 1)."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str, info: ValidationInfo) -> str:
+        return existing_dir(under_root(value, info), info)
+
+    @field_validator("out", "workdir")
+    @classmethod
+    def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else under_root(value, info)
 
     @model_validator(mode="after")
     def _split_in_order(self) -> TrainParams:
         if self.train_end and self.test_start and self.test_start < self.train_end:
-            raise ValueError(
-                f"test_start ({self.test_start}) must not be before train_end ({self.train_end})"
+            raise problem(
+                "test_start", f"{self.test_start} must not be before train_end {self.train_end}"
             )
         for name in ("train_end", "test_start"):
             value = getattr(self, name)

@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from flows import ml_core, ml_dataset, ml_features, ml_model, ml_params, ml_registry
+from flows.params_base import data_root, signature_from
 from headroom import Chunking
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
 
@@ -115,6 +116,7 @@ def _run(step: Any, states: dict[str, str], output_done: bool = True, **kwargs: 
 
 
 @flow(name="train-fraud-model", **FLOW_HOOKS)
+@signature_from(ml_params.TrainParams)
 def train_fraud_model(
     dataset: str,
     out: str = "data/models",
@@ -133,7 +135,8 @@ def train_fraud_model(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Check a fraud_synth dataset, build features, train, evaluate and register a model."""
-    params = ml_params.TrainParams(
+    params = ml_params.TrainParams.parse(
+        data_root=data_root(),
         dataset=dataset,
         out=out,
         train_end=train_end,

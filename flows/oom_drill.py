@@ -3,12 +3,12 @@ right-sized from history on the next run. Shows the mechanism every workload use
 
 import time
 from pathlib import Path
-from typing import Annotated
 
 from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows import oom_drill_body
+from flows.params_base import FlowParams, signature_from
 from headroom import Chunking, History
 from headroom.prefect import FLOW_HOOKS, ChunkScale, MaxWorkers, budgeted_task, map_bounded
 
@@ -22,17 +22,31 @@ checksum_part = budgeted_task(
 )
 
 
+class OomDrillParams(FlowParams):
+    """How much the drill checksums."""
+
+    parts: int = Field(2, ge=1, le=64, description="Parts, one budgeted task each.")
+    rows: int = Field(
+        600_000,
+        ge=1,
+        le=10_000_000,
+        description="Rows of 1 KiB per part; the default overshoots the fraud-gen cap on purpose.",
+    )
+
+
 @flow(name="oom-drill", **FLOW_HOOKS)
+@signature_from(OomDrillParams)
 def oom_drill(
-    parts: Annotated[int, Field(ge=1, le=64)] = 2,
-    rows: Annotated[int, Field(ge=1, le=10_000_000)] = 600_000,
+    parts: int = 2,
+    rows: int = 600_000,
     max_workers: MaxWorkers = 2,
     chunk_scale: ChunkScale = 1.0,
 ) -> list[dict]:
     """Checksum ``parts`` parts of ``rows`` rows each under the fraud-gen cap."""
+    params = OomDrillParams.parse(parts=parts, rows=rows)
     outcomes = map_bounded(
         checksum_part,
-        [{"part": part, "rows": rows} for part in range(parts)],
+        [{"part": part, "rows": params.rows} for part in range(params.parts)],
         max_workers=max_workers,
         chunk_scale=chunk_scale,
     )

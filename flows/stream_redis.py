@@ -47,8 +47,11 @@ class RedisStreamSource:
         self.url, self.stream, self.group = parse_redis_source(url)
         self.name = f"redis:{self.stream}:{self.group}"
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.conn = RespConnection(self.url)  # control: group, claims, XACK, lag
-        self.reader = RespConnection(self.url)  # XREADGROUP only, one request ahead
+        try:
+            self.conn = RespConnection(self.url)  # control: group, claims, XACK, lag
+            self.reader = RespConnection(self.url)  # XREADGROUP only, one request ahead
+        except ConnectionError as exc:
+            raise ConnectionError(f"parameter source: {exc}") from exc
         self._claim_cursor: bytes | None = b"0-0"
         self._ahead: int | None = None  # entries asked for by the XREADGROUP in flight
         self._ack_unread = 0  # XACKs sent whose replies are still to be read

@@ -60,9 +60,13 @@ class RespConnection:
     def __init__(self, url: str, timeout_s: float = 30.0) -> None:
         parsed = urlparse(url)
         self.timeout_s = timeout_s
-        self.sock = socket.create_connection(
-            (parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout_s
-        )
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        except OSError as exc:
+            raise ConnectionError(
+                f"cannot connect to Redis at {host}:{port}: {exc.strerror or exc}"
+            ) from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.pos = 0

@@ -17,6 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import stream_stats_core as core
+from flows.params_base import data_root, signature_from
+from flows.stream_params import StreamParams
 from headroom import BadInput, Chunking
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
 
@@ -60,6 +62,7 @@ def resolve_backend(requested: str) -> tuple[str, str]:
 
 
 @flow(name="stream-stats", **FLOW_HOOKS)
+@signature_from(StreamParams)
 def stream_stats(
     source: str,
     sink: str,
@@ -74,7 +77,8 @@ def stream_stats(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Consume the stream into per-(window, key) statistics in a DuckDB sink, for a while."""
-    params = core.StreamParams(
+    params = StreamParams.parse(
+        data_root=data_root(),
         source=source,
         sink=sink,
         window=window,
@@ -84,7 +88,7 @@ def stream_stats(
         max_duration=max_duration,
         max_events=max_events,
         backend=backend,
-        keys=list(core.KEY_FIELDS) if keys is None else keys,
+        keys=keys,
     )
     spec = params.spec()
     logger = get_run_logger()

@@ -17,7 +17,8 @@ from prefect import flow, get_run_logger, task
 
 from flows.iso_lmp import dataset, fetch
 from flows.iso_lmp.params import IsoLmpParams
-from headroom import Chunking
+from flows.params_base import data_root, signature_from
+from headroom import BadInput, Chunking
 from headroom.prefect import (
     FLOW_HOOKS,
     ChunkScale,
@@ -76,6 +77,7 @@ def fetch_task(
 
 
 @flow(name="convert-iso-lmp", **FLOW_HOOKS)
+@signature_from(IsoLmpParams)
 def convert_iso_lmp(
     iso: str | list[str] = "all",
     start: date | None = None,
@@ -90,7 +92,8 @@ def convert_iso_lmp(
     min_replace_share: float = dataset.MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Convert (and optionally first download) the ISO LMP files of ``start``..``end``."""
-    params = IsoLmpParams(
+    params = IsoLmpParams.parse(
+        data_root=data_root(),
         iso=iso,
         start=start,
         end=end,
@@ -126,6 +129,11 @@ def convert_iso_lmp(
                 logger.warning("%s: not published (yet): %s", report["iso"], name)
 
     files = dataset.discover(Path(params.raw), params.iso, params.markets, params.start, params.end)
+    if not files and not params.fetch:
+        raise BadInput(
+            f"parameter raw: no raw files of {', '.join(params.iso)} for "
+            f"{params.start}..{params.end} under {params.raw}"
+        )
     by_iso: dict[str, list[str]] = defaultdict(list)
     for raw_file in files:
         by_iso[raw_file.iso].append(str(raw_file.path))

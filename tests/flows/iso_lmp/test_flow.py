@@ -25,7 +25,7 @@ def test_fetch_convert_a_bad_file_fails_alone_then_a_rerun_is_idempotent(tmp_pat
     )
     raw, out = tmp_path / "raw", tmp_path / "out"
     params = dict(
-        iso="MISO,ERCOT",
+        iso=["MISO", "ERCOT"],
         start=min(DAYS),
         end=max(DAYS),
         raw=str(raw),
