@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from headroom import waiting
 from headroom.errors import TerminalError
 
 # The server's Retry-After follows the limit's average occupancy (up to 30 s); memory frees in
@@ -93,7 +94,9 @@ def acquire(name: str, slots: int, lease_s: float, timeout_s: float | None = Non
             ):
                 lease.kept_until = None  # taken over: no request at all
                 return lease.id
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    began = time.monotonic()
+    deadline = None if timeout_s is None else began + timeout_s
+    next_report = began + waiting.LOG_EVERY_S
     body = {"names": [name], "slots": slots, "mode": "concurrency", "lease_duration": lease_s}
     while True:
         try:
@@ -108,6 +111,9 @@ def acquire(name: str, slots: int, lease_s: float, timeout_s: float | None = Non
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise TimeoutError(f"no {slots} slots of {name!r} within {timeout_s} s") from None
             time.sleep(wait)
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + waiting.LOG_EVERY_S
+                waiting.log_waiting(f"a task ({slots} slots)", time.monotonic() - began, [name])
     payload = response.json()
     if not payload.get("limits"):
         raise TerminalError(

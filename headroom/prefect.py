@@ -56,6 +56,7 @@ MEMORY_LEASE_S = 60.0
 
 _attempts: dict[str, list[Attempt]] = {}
 _attempts_lock = threading.Lock()
+_started: set[str] = set()  # task runs of this process whose body was reached
 _host_limit_cache: dict[str, tuple[float, int]] = {}
 # Attempts tables are published in order by one thread (see _publish_attempts).
 _artifacts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headroom-artifacts")
@@ -212,6 +213,8 @@ def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) 
     if context is None:
         raise RuntimeError(f"{spec.name} must run as a Prefect task")
     run_id = str(context.task_run.id)
+    with _attempts_lock:
+        _started.add(run_id)  # past its tag slots (map_bounded's wait log)
     flow_run_id = str(context.task_run.flow_run_id) if context.task_run.flow_run_id else None
     logger = get_run_logger()
     limits = current_limits()
@@ -369,6 +372,7 @@ def _should_retry(spec: BudgetedSpec, run_id: str) -> bool:
 def _forget(run_id: str) -> None:
     with _attempts_lock:
         _attempts.pop(run_id, None)
+        _started.discard(run_id)
 
 
 def _publish_attempts(spec: BudgetedSpec, run_id: str) -> None:
@@ -503,7 +507,6 @@ def map_bounded(
     :class:`Outcome` carries its value or its error.
     """
     from prefect.artifacts import create_progress_artifact
-    from prefect.futures import as_completed
 
     pending = list(items)
     outcomes = [Outcome(item) for item in pending]
@@ -529,7 +532,7 @@ def map_bounded(
         if progress_id is not None and reported < finished:
             progress_id = _report_progress(progress_id, finished, len(pending))
             reported = finished
-        future = next(as_completed(list(running)))
+        future = _next_done(task, running)
         index = running.pop(future)
         try:
             # The future's own result: with persistence off the server holds no data.
@@ -540,6 +543,28 @@ def map_bounded(
     if progress_id is not None:
         _report_progress(progress_id, finished, len(pending))
     return outcomes
+
+
+def _next_done(task: Any, running: dict[Any, int]) -> Any:
+    """The next future of ``running`` to finish; every ``waiting.LOG_EVERY_S`` meanwhile, a
+    line naming the slots its task runs not yet started wait for, and who holds them."""
+    from prefect.futures import as_completed
+
+    from headroom import waiting
+
+    since = time.monotonic()
+    while True:
+        try:
+            return next(as_completed(list(running), timeout=waiting.LOG_EVERY_S))
+        except TimeoutError:
+            with _attempts_lock:
+                not_started = [f for f in running if str(f.task_run_id) not in _started]
+            if not_started:
+                waiting.log_waiting(
+                    f"{len(not_started)} task run(s) of {task.name}",
+                    time.monotonic() - since,
+                    [f"tag:{tag}" for tag in sorted(task.tags)],
+                )
 
 
 def _report_progress(progress_id: UUID, finished: int, total: int) -> UUID | None:

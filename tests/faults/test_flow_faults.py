@@ -46,7 +46,7 @@ def test_iso_lmp_on_a_read_only_dataset_disk_fails_once_before_reading(tmp_path,
     raw = tmp_path / "raw"
     iso_samples.write_samples(raw, isos=["NYISO", "MISO"], days=[iso_samples.ORDINARY], nodes=3)
     state = convert_iso_lmp(
-        iso="NYISO,MISO",
+        iso=["NYISO", "MISO"],
         start=iso_samples.ORDINARY,
         end=iso_samples.ORDINARY,
         raw=str(raw),
