@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ class Attempt:
             "seconds": round(self.seconds, 2),
             "outcome": self.outcome,
         }
+
+
+def attempts_key(task: str) -> str:
+    """The artifact key of a task's attempts table: Prefect keys are lowercase letters, digits
+    and dashes; one key per task keeps each run's tables apart and versions them across runs."""
+    slug = re.sub(r"[^a-z0-9]+", "-", task.lower()).strip("-")
+    return f"attempts-{slug or 'task'}"
 
 
 def attempts_file(flow_run_id: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from headroom.report import Attempt, timeline_figure, timeline_png
+from headroom.report import Attempt, attempts_key, timeline_figure, timeline_png
 
 
 def _attempt(task: str, started: float, seconds: float, cap: float, peak: float) -> Attempt:
@@ -49,3 +49,15 @@ def test_a_budget_within_the_range_is_a_labelled_line():
 
 def test_the_png_is_an_image():
     assert timeline_png(SMALL, 19250, 18950).startswith(b"\x89PNG")
+
+
+def test_attempts_keys_are_what_prefect_accepts_one_per_task():
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    for task, key in (
+        ("grow-with-chunk", "attempts-grow-with-chunk"),
+        ("stage_day", "attempts-stage-day"),
+        ("Stream Micro.Batches (GPU)", "attempts-stream-micro-batches-gpu"),
+    ):
+        assert attempts_key(task) == key
+        ArtifactCreate(key=key, type="table", data=[])  # Prefect's own key validation
