@@ -107,3 +107,24 @@ def test_watch_returns_when_the_run_ends(served):
     assert returned - ended < 15, f"--watch returned {returned - ended:.1f} s after the run ended"
     # The run's page link names the served UI, not "<no dashboard available>".
     assert served.api_url.removesuffix("/api") in done.stdout
+
+
+def test_serve_defaults_to_the_ui_on_loopback_4200_with_the_project_home(monkeypatch):
+    from deployments.serve import ROOT, serve_settings
+
+    monkeypatch.delenv("HEADROOM_SERVER_PORT", raising=False)
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    settings = serve_settings()
+    assert (settings.host, settings.port, settings.ui) == ("127.0.0.1", 4200, True)
+    assert settings.prefect_home == ROOT / ".prefect"
+    assert settings.server_env(None)["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith(
+        "sqlite+aiosqlite:///"
+    )
+
+
+def test_serve_says_where_the_ui_is(served):
+    ui = served.api_url.removesuffix("/api")
+    text = served.output.read_text()
+    assert f"serving: UI {ui} " in text
+    assert httpx.get(ui).status_code == 200  # the UI itself answers there
+    assert f"export PREFECT_API_URL={served.api_url}" in text
