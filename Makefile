@@ -43,7 +43,7 @@ bench: $(STAMP) bytecode
 setup: $(STAMP)
 	$(PY) -m deployments.setup
 
-serve: setup
+serve: $(STAMP) bytecode
 	$(PY) -m deployments.serve
 
 clean:

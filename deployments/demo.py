@@ -32,7 +32,10 @@ def _embedded_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("HEADROOM_STATE_DIR", str(ROOT / ".headroom"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Runs log at INFO to the API, so the UI shows each run's logs; the terminal shows only
+    # warnings from Prefect and the demo's own summary lines.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these workloads")
     args = parser.parse_args(argv)
     _embedded_defaults()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The runs' INFO records reach the root logger's handlers by propagation whatever the root
+    # level: the terminal handler itself lets only warnings through.
+    terminal = logging.StreamHandler()
+    terminal.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[terminal])
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     from deployments.setup import apply_limits

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="print the plan, change nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per API request
     if args.check:
         for name, size in planned_limits().items():
             unit = f" ({format_mib(size)})" if name.startswith("memory-mb:") else " slots"

@@ -11,11 +11,16 @@ from headroom.budget import Budget
 from headroom.limits import Limits, memory_limit_name
 from headroom.units import format_mib
 
+# The tag of tasks that hold a GPU (deployments/limits.toml): without a GPU none of them runs,
+# so it has no cap to show.
+GPU_TAG = "gpu"
+
 
 def report(limit: str | None = None, fraction: float = 0.8) -> dict[str, Any]:
     """What headroom would run under on this host, as a dict."""
     budget = Budget.detect(limit, fraction)
     limits = Limits.load()
+    gpus = Budget.gpu() or []
     return {
         "budget_mb": round(budget.mb, 1),
         "source": budget.source,
@@ -26,13 +31,15 @@ def report(limit: str | None = None, fraction: float = 0.8) -> dict[str, Any]:
         "tags": {
             tag: {
                 "slots": spec.slots,
-                "cap_mb": round(limits.cap_mb(tag, budget), 1),
+                "cap_mb": None
+                if tag == GPU_TAG and not gpus
+                else round(limits.cap_mb(tag, budget), 1),
                 "declared": spec.cap_mb is not None,
             }
             for tag, spec in limits.tags.items()
         },
         "limits_file": limits.source,
-        "gpus": [device.__dict__ for device in Budget.gpu() or []],
+        "gpus": [device.__dict__ for device in gpus],
     }
 
 
@@ -61,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"limits from   {facts['limits_file']}")
     print(f"{'tag':<16}{'slots':>6}  cap per task")
     for tag, spec in facts["tags"].items():
+        if spec["cap_mb"] is None:
+            print(f"{tag:<16}{spec['slots']:>6}  none (no GPU visible)")
+            continue
         how = "declared" if spec["declared"] else "budget / slots"
         print(f"{tag:<16}{spec['slots']:>6}  {format_mib(spec['cap_mb'])} ({how})")
     gpus = facts["gpus"]

@@ -36,7 +36,7 @@ from headroom.errors import (
 from headroom.guard import callable_path, guarded_call
 from headroom.history import History
 from headroom.limits import Limits, memory_limit_name
-from headroom.report import Attempt, memory_report, record_attempt
+from headroom.report import Attempt, attempts_key, memory_report, record_attempt
 
 ChunkScale = Annotated[
     float, Field(gt=0, le=1, description="Scale every first chunk size by this (0 < x <= 1).")
@@ -383,13 +383,14 @@ def _publish_attempts(spec: BudgetedSpec, run_id: str) -> None:
     with _attempts_lock:
         rows = [a.row() for a in _attempts.get(run_id, [])]
     description = f"{spec.name}: attempts (tag {spec.tag})"
+    key = attempts_key(spec.name)
     if _in_dask_worker():  # no flow-end flush reaches a worker's queue: publish now
-        _create_table(rows, description)
+        _create_table(rows, key, description)
         return
     try:
-        _artifacts.submit(contextvars.copy_context().run, _create_table, rows, description)
+        _artifacts.submit(contextvars.copy_context().run, _create_table, rows, key, description)
     except RuntimeError:  # the interpreter is shutting down: no thread to hand it to
-        _create_table(rows, description)
+        _create_table(rows, key, description)
 
 
 def _in_dask_worker() -> bool:
@@ -405,11 +406,11 @@ def _in_dask_worker() -> bool:
     return True
 
 
-def _create_table(rows: list[dict[str, Any]], description: str) -> None:
+def _create_table(rows: list[dict[str, Any]], key: str, description: str) -> None:
     from prefect.artifacts import create_table_artifact
 
     try:
-        create_table_artifact(rows, description=description)
+        create_table_artifact(rows, key=key, description=description)
     except Exception:  # an artifact must never fail the work
         pass
 

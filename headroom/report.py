@@ -10,8 +10,10 @@ import base64
 import io
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from headroom.history import runs_dir, state_dir
 from headroom.units import format_mib
@@ -45,6 +47,13 @@ class Attempt:
         }
 
 
+def attempts_key(task: str) -> str:
+    """The artifact key of a task's attempts table: Prefect keys are lowercase letters, digits
+    and dashes; one key per task keeps each run's tables apart and versions them across runs."""
+    slug = re.sub(r"[^a-z0-9]+", "-", task.lower()).strip("-")
+    return f"attempts-{slug or 'task'}"
+
+
 def attempts_file(flow_run_id: str) -> Path:
     return runs_dir() / f"{flow_run_id}.jsonl"
 
@@ -72,6 +81,19 @@ def load_attempts(flow_run_id: str) -> list[Attempt]:
 
 def timeline_png(attempts: list[Attempt], budget_mb: float, host_limit_mb: float) -> bytes:
     """A chart of the memory held by running tasks over time against the budget."""
+    import matplotlib.pyplot as plt
+
+    figure = timeline_figure(attempts, budget_mb, host_limit_mb)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def timeline_figure(attempts: list[Attempt], budget_mb: float, host_limit_mb: float) -> Any:
+    """The chart as a matplotlib figure: the y axis fits the largest of the peaks and caps, so
+    tasks far below the budget still show their shape; the budget and the task memory limit
+    are drawn as labelled lines only where they fall inside that range."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,33 +108,31 @@ def timeline_png(attempts: list[Attempt], budget_mb: float, host_limit_mb: float
         live = [a for a in attempts if a.started - start <= t < a.started + a.seconds - start]
         peaks.append(sum(a.peak_mb or 0 for a in live))
         caps.append(sum(a.cap_mb for a in live))
+    top = max(max(caps, default=0), max(peaks, default=0), 1.0) * 1.15
     figure, axis = plt.subplots(figsize=(9, 3.6), dpi=100)
     axis.step(edges, caps, where="post", label="caps of running tasks", color="#7f7f7f")
     axis.fill_between(
         edges, peaks, step="post", alpha=0.5, color="#1f77b4", label="peaks of running tasks"
     )
-    axis.axhline(
-        budget_mb, color="#d62728", linestyle="--", label=f"budget {format_mib(budget_mb)}"
-    )
-    axis.axhline(
-        host_limit_mb,
-        color="#ff7f0e",
-        linestyle=":",
-        label=f"task memory limit {format_mib(host_limit_mb)}",
-    )
+    for level, style, color, name in (
+        (budget_mb, "--", "#d62728", "budget"),
+        (host_limit_mb, ":", "#ff7f0e", "task memory limit"),
+    ):
+        if level <= top:
+            axis.axhline(level, color=color, linestyle=style, label=f"{name} {format_mib(level)}")
     for a in attempts:
         if a.outcome != "ok":
             axis.axvline(a.started + a.seconds - start, color="#d62728", alpha=0.3)
     axis.set_xlabel("seconds since the first task started")
     axis.set_ylabel("MiB")
-    axis.set_ylim(0, max(budget_mb, max(caps, default=0)) * 1.1)
+    axis.set_ylim(0, top)
     axis.legend(loc="upper right", fontsize=8)
-    axis.set_title("memory of budgeted tasks (red lines: OOM or failed attempts)")
+    axis.set_title(
+        f"memory of budgeted tasks (budget {format_mib(budget_mb)}; "
+        "red lines: OOM or failed attempts)"
+    )
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure
 
 
 def memory_report(

@@ -84,6 +84,7 @@ class ServerSettings:
     zombie_after_s: float = 90.0
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)
+    home: Path | None = None  # PREFECT_HOME; default <state_dir>/prefect-home
 
     def __post_init__(self) -> None:
         check_bind(self.host, self.auth_string)
@@ -117,7 +118,7 @@ class ServerSettings:
 
     @property
     def prefect_home(self) -> Path:
-        return self.state_dir / "prefect-home"
+        return self.home or self.state_dir / "prefect-home"
 
     def client_env(self) -> dict[str, str]:
         """Environment of every client of this server: CLI, setup, workers, flow runs."""
@@ -299,7 +300,10 @@ def start_workers(settings: ServerSettings, count: int = 1, pool: str = WORK_POO
 
 
 def deploy(
-    settings: ServerSettings, names: list[str] | None = None, prefect_file: Path | None = None
+    settings: ServerSettings,
+    names: list[str] | None = None,
+    prefect_file: Path | None = None,
+    output: Path | None = None,
 ) -> None:
     """``prefect --no-prompt deploy --all`` (or ``--name`` each of ``names``) from prefect.yaml.
 
@@ -313,7 +317,11 @@ def deploy(
         argv += ["--prefect-file", str(prefect_file)]
     env = settings.client_env()
     env.pop("HEADROOM_ROOT")
-    subprocess.run(argv, cwd=ROOT, env=env, check=True)
+    if output is None:
+        subprocess.run(argv, cwd=ROOT, env=env, check=True)
+        return
+    with open(output, "ab") as log_file:  # prefect deploy's tables and hints, kept aside
+        subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=log_file, stderr=log_file)
 
 
 def status(settings: ServerSettings) -> dict[str, object]:

@@ -1,85 +1,62 @@
-"""The ml-fraud-model deployment's trigger, as prefect.yaml declares it, starts a run on the real
-server when a fraud-synth-weekly run completes, and only then."""
+"""The ml-fraud-model deployment's trigger, as prefect.yaml declares it: a completed
+fraud-synth-weekly run starts a training run on the dataset that very run wrote."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
-import uuid
-from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
-import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter
-from prefect.settings import PREFECT_API_URL
 
-from deployments.serve import load_deployment_specs, to_runner_deployment
+from deployments.serve import load_deployment_specs
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
-
+PREFECT = str(Path(sys.executable).with_name("prefect"))
 SPECS = {spec["name"]: spec for spec in load_deployment_specs()}
 
 
-def _completed_event(deployment_name: str) -> dict:
-    """A prefect.flow-run.Completed event shaped as Prefect's engine emits it."""
-    return {
-        "id": str(uuid.uuid4()),
-        "occurred": datetime.now(UTC).isoformat(),
-        "event": "prefect.flow-run.Completed",
-        "resource": {
-            "prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}",
-            "prefect.resource.name": "brisk-otter",
-            "prefect.state-name": "Completed",
-            "prefect.state-type": "COMPLETED",
-        },
-        "related": [
-            {
-                "prefect.resource.id": f"prefect.deployment.{uuid.uuid4()}",
-                "prefect.resource.role": "deployment",
-                "prefect.resource.name": deployment_name,
-            },
-            {
-                "prefect.resource.id": f"prefect.flow.{uuid.uuid4()}",
-                "prefect.resource.role": "flow",
-                "prefect.resource.name": "generate-fraud-dataset",
-            },
-        ],
-        "payload": {},
-    }
-
-
 def test_every_declared_trigger_names_a_deployment_of_this_project():
-    for spec in SPECS.values():
-        for trigger in spec.get("triggers") or []:
-            related = trigger.get("match_related") or {}
-            if related.get("prefect.resource.role") == "deployment":
-                assert related["prefect.resource.name"] in SPECS, spec["name"]
+    triggers = [t for spec in SPECS.values() for t in spec.get("triggers") or []]
+    assert triggers, "prefect.yaml declares no trigger"
+    for trigger in triggers:
+        related = trigger["match_related"]
+        assert related["prefect.resource.role"] == "deployment"
+        assert related["prefect.resource.name"] in SPECS
 
 
-def test_a_completed_fraud_synth_run_triggers_the_model_deployment():
-    spec = SPECS["ml-fraud-model"]
-    # Without its nightly schedule, whose runs the scheduler would add to the count.
-    deployment_id = to_runner_deployment({**spec, "schedules": []}).apply()
-    try:
-        url = PREFECT_API_URL.value()
-        # Another deployment completing must not start a training run; sent first, so that
-        # by the time the matching event has fired, this one has been evaluated too.
-        for name in ("mitma-od-daily", "fraud-synth-weekly"):
-            httpx.post(f"{url}/events", json=[_completed_event(name)]).raise_for_status()
-        runs = []
-        deadline = time.monotonic() + 60
-        with get_client(sync_client=True) as client:
-            while not runs and time.monotonic() < deadline:
-                time.sleep(1)
-                runs = client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id={"any_": [deployment_id]})
-                )
-            time.sleep(3)  # a second (wrong) run would show up by now
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id={"any_": [deployment_id]})
-            )
-        assert len(runs) == 1, f"expected one triggered run, got {len(runs)}"
-        assert runs[0].parameters == spec["triggers"][0]["parameters"]
-    finally:
-        with get_client(sync_client=True) as client:
-            client.delete_deployment(deployment_id)
+def _deployment_id(api_url: str, name: str) -> str:
+    body = {"deployments": {"name": {"any_": [name]}}}
+    (record,) = httpx.post(f"{api_url}/deployments/filter", json=body).raise_for_status().json()
+    return record["id"]
+
+
+def _ml_runs(api_url: str) -> list[dict]:
+    body = {"deployments": {"id": {"any_": [_deployment_id(api_url, "ml-fraud-model")]}}}
+    return httpx.post(f"{api_url}/flow_runs/filter", json=body).raise_for_status().json()
+
+
+def test_the_triggered_training_run_gets_the_fraud_runs_out_as_dataset(served, tmp_path):
+    out = str(tmp_path / "fraud-small")
+    before = {run["id"] for run in _ml_runs(served.api_url)}
+    fraud = _deployment_id(served.api_url, "fraud-synth-weekly")
+    argv = [PREFECT, "deployment", "run", "--id", fraud, "--watch"]
+    for param in ("size=2MB", "file_size=1MB", f"out={out}", "end=2024-01-07"):
+        argv += ["--param", param]
+    done = subprocess.run(
+        argv + ["--watch-timeout", "240"],
+        env=served.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr  # the fraud run completed
+    assert any(Path(out).rglob("*.parquet")), "the fraud run wrote no dataset"
+    new: list[dict] = []
+    deadline = time.monotonic() + 60
+    while not new and time.monotonic() < deadline:
+        time.sleep(1)
+        new = [r for r in _ml_runs(served.api_url) if r["id"] not in before]
+    assert len(new) == 1, new
+    assert new[0]["parameters"]["dataset"] == out
+    assert new[0]["parameters"]["out"] == SPECS["ml-fraud-model"]["parameters"]["out"]

@@ -66,6 +66,7 @@ def test_over_cap_task_retries_smaller_and_completes():
     assert reports and "data:image/png;base64," in reports[0].data
     assert "| grow-with-chunk | 1 |" in reports[0].data and "watchdog" in reports[0].data
     tables = [a for a in artifacts if a.type == "table" and a.flow_run_id == run.id]
+    assert tables and {a.key for a in tables} == {"attempts-grow-with-chunk"}
     assert any(
         len(a.data if isinstance(a.data, list) else __import__("json").loads(a.data)) == 2
         for a in tables
