@@ -53,7 +53,7 @@ class RedisStreamSource:
         self._ahead: int | None = None  # entries asked for by the XREADGROUP in flight
         self._ack_unread = 0  # XACKs sent whose replies are still to be read
 
-    def start(self, after: tuple[int, int]) -> None:
+    def start(self, after: tuple[int, int], offsets: Any = None) -> None:
         try:
             self.conn.command("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
         except RespError as exc:

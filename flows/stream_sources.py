@@ -39,6 +39,7 @@ from flows.stream_events import (
     batch_from_columns,
     concat_batches,
 )
+from flows.stream_kafka import KafkaSource, parse_kafka_source
 from flows.stream_producer import main, produce, xadd_batch
 from flows.stream_redis import (
     DEFAULT_GROUP,
@@ -61,6 +62,7 @@ __all__ = [
     "EmbeddedSource",
     "Entries",
     "EventBatch",
+    "KafkaSource",
     "ParsedEntries",
     "RedisStreamSource",
     "RespConnection",
@@ -73,6 +75,7 @@ __all__ = [
     "main",
     "open_source",
     "parse_canonical",
+    "parse_kafka_source",
     "parse_redis_source",
     "produce",
     "read_events",
@@ -83,7 +86,9 @@ __all__ = [
 
 
 def open_source(spec: str) -> Source:
-    """The source a ``source`` parameter names: redis://... or a dataset directory."""
+    """The source a ``source`` parameter names: redis://, kafka://... or a dataset directory."""
+    if spec.startswith("kafka://"):
+        return KafkaSource(spec)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStreamSource(spec)
     return EmbeddedSource(spec.removeprefix("embedded:"))
