@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,6 +109,18 @@ def check_brokers(client: Any, target: KafkaTarget, topic: str | None = None) ->
     """Cluster metadata; ConnectionError naming the brokers and the parameter if none answers."""
     from confluent_kafka import KafkaException
 
+    refused = []
+    for broker in target.brokers.split(","):
+        host, _, port = broker.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            break
+        except OSError as exc:
+            refused.append(f"{broker}: {exc.strerror or exc}")
+    else:
+        raise ConnectionError(
+            f"parameter source: no Kafka broker accepts connections ({'; '.join(refused)})"
+        )
     try:
         return client.list_topics(topic, timeout=CONNECT_TIMEOUT_S)
     except KafkaException as exc:
@@ -214,12 +227,15 @@ class KafkaSource:
         rebalance_deadline = deadline + SESSION_TIMEOUT_MS / 1000
         while len(self.pending) < max_events:
             want = min(FETCH_CHUNK, max_events - len(self.pending))
-            waiting = self.assigned is None and time.monotonic() < rebalance_deadline
+            if self.assigned is None and time.monotonic() < rebalance_deadline:
+                # A rebalance is not idleness: the wait for new messages restarts after it.
+                self.pending.extend(self.consumer.consume(want, 0.1))
+                deadline = time.monotonic() + block_ms / 1000
+                continue
             left = deadline - time.monotonic()
-            timeout = 0.1 if waiting else (0 if self.pending else max(0.0, left))
-            got = self.consumer.consume(want, timeout)
+            got = self.consumer.consume(want, 0 if self.pending else max(0.0, left))
             self.pending.extend(got)
-            if not got and not waiting and (self.pending or left <= 0):
+            if not got and (self.pending or left <= 0):
                 break
         taken, self.pending = self.pending[:max_events], self.pending[max_events:]
         return messages_to_batch(taken, self.offsets) if taken else None
