@@ -222,7 +222,7 @@ class KafkaSource:
         log.info("topic %s: partitions %s revoked", self.target.topic, sorted(revoked))
 
     def read(self, max_events: int, block_ms: int = 1000) -> EventBatch | None:
-        """Up to ``max_events`` messages: waits ``block_ms`` for the first, then takes what's there."""
+        """Up to ``max_events`` messages: waits ``block_ms`` for the first, then takes the rest."""
         deadline = time.monotonic() + block_ms / 1000
         rebalance_deadline = deadline + SESSION_TIMEOUT_MS / 1000
         while len(self.pending) < max_events:

@@ -58,7 +58,8 @@ class StreamParams(BaseModel):
 
     source: str = Field(
         description="A fraud_synth dataset directory (embedded) or "
-        "redis://host:port/db?stream=KEY&group=NAME."
+        "redis://host:port/db?stream=KEY&group=NAME, rediss:// (TLS), unix:///path.sock?... "
+        "or kafka://host:port[,host:port]/TOPIC?group=NAME."
     )
     window: str = Field("1min", description="Window length (tumbling), e.g. 30s, 1min, 1h.")
     slide: str | None = Field(None, description="Slide for hopping windows; divides window.")
