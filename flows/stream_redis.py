@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import numpy as np
 
@@ -37,7 +37,8 @@ def parse_redis_source(url: str) -> tuple[str, str, str]:
     group = query.get("group", [DEFAULT_GROUP])[0]
     if not stream or not group:
         raise BadInput(f"parameter source: {url!r} needs a non-empty stream and group")
-    return parsed._replace(query="").geturl(), stream, group
+    rest = {k: v for k, v in query.items() if k not in ("stream", "group")}
+    return parsed._replace(query=urlencode(rest, doseq=True)).geturl(), stream, group
 
 
 class RedisStreamSource:
