@@ -289,40 +289,80 @@ _NUMBERS = {"transaction_id": int, "ts": int, "customer_id": int, "amount": floa
 
 def messages_to_batch(messages: list[Any], offsets: Mapping[int, int]) -> EventBatch | None:
     """Columns from messages; ones below the sink's offsets dropped, bad ones rejected."""
-    rows: list[dict[str, Any]] = []
-    partitions: list[int] = []
-    positions: list[int] = []
-    rejects: list[tuple[str, str]] = []
-    next_offsets: dict[int, int] = {}
-    for message in messages:
-        if message.error() is not None:
-            log.warning("Kafka delivered an error instead of a message: %s", message.error())
-            continue
-        partition, offset = message.partition(), message.offset()
-        if offset < offsets.get(partition, 0):
-            continue  # committed already: prefetched before a seek
-        next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
-        event, reason = parse_event(message.value())
-        if event is None:
-            rejects.append((f"partition {partition} offset {offset}", reason))
-            log.warning("partition %d offset %d rejected: %s", partition, offset, reason)
-            continue
-        rows.append(event)
-        partitions.append(partition)
-        positions.append(offset)
-    if not next_offsets:
+    kept = [m for m in messages if m.error() is None]
+    if len(kept) < len(messages):
+        log.warning("Kafka delivered %d errors instead of messages", len(messages) - len(kept))
+    partitions = np.fromiter((m.partition() for m in kept), np.int64, len(kept))
+    positions = np.fromiter((m.offset() for m in kept), np.int64, len(kept))
+    if offsets and len(kept):
+        floor = np.zeros(int(partitions.max()) + 1, dtype=np.int64)
+        for partition, offset in offsets.items():
+            if partition < len(floor):
+                floor[partition] = offset
+        fresh = positions >= floor[partitions]  # committed already: prefetched before a seek
+        if not fresh.all():
+            kept = [m for m, keep in zip(kept, fresh.tolist(), strict=True) if keep]
+            partitions, positions = partitions[fresh], positions[fresh]
+    if not kept:
         return None
-    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in FIELDS}
-    columns["ts"] = np.array(columns["ts"], dtype=np.int64)
-    for name in KEY_FIELDS:
-        columns[name] = [str(v) for v in columns[name]]
-    return batch_from_columns(
-        np.array(partitions, dtype=np.int64),
-        np.array(positions, dtype=np.int64),
-        columns,
-        rejects=rejects,
-        offsets=next_offsets,
+    next_offsets = {
+        int(p): int(positions[partitions == p].max()) + 1 for p in np.unique(partitions).tolist()
+    }
+    values = [m.value() for m in kept]
+    columns = _parse_all(values)
+    rejects: list[tuple[str, str]] = []
+    if columns is None:  # some value is not a canonical event: one by one, with reasons
+        rows, good = [], []
+        for i, value in enumerate(values):
+            event, reason = parse_event(value)
+            if event is None:
+                where = f"partition {partitions[i]} offset {positions[i]}"
+                rejects.append((where, reason))
+                log.warning("%s rejected: %s", where, reason)
+            else:
+                rows.append(event)
+                good.append(i)
+        partitions, positions = partitions[good], positions[good]
+        columns = {name: [row[name] for row in rows] for name in FIELDS}
+        columns["ts"] = np.array(columns["ts"], dtype=np.int64)
+        for name in KEY_FIELDS:
+            columns[name] = [str(v) for v in columns[name]]
+    return batch_from_columns(partitions, positions, columns, rejects=rejects, offsets=next_offsets)
+
+
+def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
+    """Columns of all values at once (Arrow's JSON reader), or None if any is not canonical."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    if any(v is None or b"\n" in v for v in values):
+        return None
+    schema = pa.schema(
+        [
+            ("transaction_id", pa.int64()),
+            ("ts", pa.int64()),
+            ("customer_id", pa.int64()),
+            ("merchant_category", pa.string()),
+            ("channel", pa.string()),
+            ("amount", pa.float64()),
+            ("is_fraud", pa.bool_()),
+        ]
     )
+    try:
+        table = pj.read_json(
+            pa.BufferReader(b"\n".join(values)),  # type: ignore[arg-type]
+            parse_options=pj.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows != len(values) or any(c.null_count for c in table.columns):
+        return None
+    if not pc.all(pc.is_finite(table["amount"])).as_py():
+        return None
+    return {name: table[name] for name in FIELDS}
 
 
 def parse_event(value: bytes | None) -> tuple[dict[str, Any] | None, str]:
