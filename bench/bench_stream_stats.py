@@ -4,7 +4,9 @@ Subjects run as separate processes (bench.common.measure: peak RSS and CPU of th
 the baseline (a dict per window and key updated in a loop), ours on the embedded source, ours
 end to end from Redis (the stream filled by the producer first), and with a GPU the GPU
 backend. Targets (issue 7): >= 1,000,000 events/s embedded on CPU, >= 100,000 events/s from
-Redis.
+Redis. Kafka (issue 20): a throwaway Tansu broker on 127.0.0.1, the topic filled by the
+producer, then a bare confluent-kafka consumer draining it (the broker's ceiling) and ours end
+to end; target >= 0.8 of the ceiling.
 
     .venv/bin/python -m bench.bench_stream_stats [--scale 2.0]
 """
@@ -25,6 +27,26 @@ TRANSACTIONS = 2_000_000
 BASELINE_EVENTS = 300_000
 REDIS_EVENTS = 500_000
 REDIS_URL = "redis://127.0.0.1:6379/0"
+KAFKA_EVENTS = 300_000
+SPARK_LINE = (
+    "- reference: the Spark Structured Streaming job this replaces, 0.8-1.5 k events/s on CPU, "
+    "2.5-3.5 k on GPU"
+)
+# A bare consumer draining every partition from the start: what the broker serves at most.
+CEILING = """
+import json, sys, time
+from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+brokers, topic, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = Consumer({"bootstrap.servers": brokers, "group.id": "ceiling", "enable.auto.commit": False})
+parts = c.list_topics(topic, timeout=15).topics[topic].partitions
+c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+got, t = 0, time.perf_counter()
+while got < want:
+    got += sum(1 for m in c.consume(10000, 5.0) if m.error() is None)
+s = time.perf_counter() - t
+c.close()
+print(json.dumps({"events": got, "seconds": s, "events_per_s": got / s, "batch_s_max": s}))
+"""
 
 
 def _json(output: str) -> dict:
@@ -35,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--no-kafka", action="store_true")
     args = parser.parse_args()
     from flows.stream_gpu import available
     from flows.stream_sources import fraud_dataset
@@ -140,6 +163,7 @@ def main() -> None:
             )
         finally:
             redis_client.Redis.from_url(REDIS_URL).delete(key)
+    kafka = _kafka(args, dataset, consume) if not args.no_kafka else None
     markdown = [
         "## stream_stats",
         "",
@@ -162,9 +186,41 @@ def main() -> None:
             f"{'met' if redis['events_per_s'] >= 1e5 else 'not met'} "
             f"({redis['events_per_s']:,.0f}; producer {producer['events_per_s']:,.0f} events/s)"
         )
+    if kafka is not None:
+        ours, ceiling, sent = kafka
+        ratio = ours["events_per_s"] / ceiling["events_per_s"]
+        markdown.append(
+            f"- Kafka (Tansu 0.6.0, 3 partitions) end to end {ours['events_per_s']:,.0f} "
+            f"events/s against the broker's ceiling {ceiling['events_per_s']:,.0f} (a bare "
+            f"consumer draining the topic): {ratio:.2f} of it, target >= 0.8 "
+            f"{'met' if ratio >= 0.8 else 'not met'}; producer {sent['events_per_s']:,.0f} events/s"
+        )
+    markdown.append(SPARK_LINE)
     write_section("stream_stats", "\n".join(markdown))
     print("\n".join(markdown))
     shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+def _kafka(args: argparse.Namespace, dataset: Path, consume) -> tuple[dict, dict, dict]:
+    """(ours end to end, the bare consumer's ceiling, the producer) on a throwaway broker."""
+    from flows.stream_kafka_broker import local_broker
+
+    count = int(KAFKA_EVENTS * args.scale)
+    with local_broker() as brokers:
+        url = f"kafka://{brokers}/bench?group=bench"
+        produced = measure(
+            "producer (Kafka)",
+            [
+                *[sys.executable, "-m", "flows.stream_sources", "produce", str(dataset)],
+                *["--kafka", url, "--max-events", str(count)],
+            ],
+        )
+        ceiling = measure(
+            "bare confluent-kafka consumer", [*python(CEILING), brokers, "bench", str(count)]
+        )
+        ceiling_figures = _json(ceiling.output)
+        ours = consume("ours: Kafka topic end to end, CPU", url)
+    return ours, ceiling_figures, _json(produced.output)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class EmbeddedSource:
         self._reader_file = -1
         self._pending: Any = None  # rows read from the file but not yet handed out
 
-    def start(self, after: tuple[int, int]) -> None:
+    def start(self, after: tuple[int, int], offsets: Any = None) -> None:
         hi, lo = after
         self._position = next(
             (i for i, f in enumerate(self.files) if int(f["index"]) >= hi), len(self.files)

@@ -43,6 +43,9 @@ class EventBatch:
     rejects: list[tuple[str, str]] = field(default_factory=list)
     last: tuple[int, int] | None = None
     transaction_id: np.ndarray | None = None
+    # Partitioned sources (Kafka): {partition: next offset} this batch reaches; id_hi is the
+    # partition and id_lo the offset of each event.
+    offsets: dict[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -69,10 +72,39 @@ class EventBatch:
             self.amount[keep],
             self.is_fraud[keep],
             {k: (codes[keep], labels) for k, (codes, labels) in self.keys.items()},
-            self.ack,
-            self.rejects,
-            self.last_id(),
-            None if self.transaction_id is None else self.transaction_id[keep],
+            ack=self.ack,
+            ack_replies=self.ack_replies,
+            rejects=self.rejects,
+            last=self.last_id(),
+            transaction_id=None if self.transaction_id is None else self.transaction_id[keep],
+            offsets=self.offsets,
+        )
+
+    def after_offsets(self, offsets: dict[int, int]) -> EventBatch:
+        """The events at or past the sink's next offset of their partition."""
+        if len(self.ts) == 0:
+            return self
+        floor = np.zeros(int(self.id_hi.max()) + 1, dtype=np.int64)
+        for partition, offset in offsets.items():
+            if partition < len(floor):
+                floor[partition] = offset
+        keep = self.id_lo >= floor[self.id_hi]
+        if keep.all():
+            return self
+        return EventBatch(
+            self.id_hi[keep],
+            self.id_lo[keep],
+            self.ts[keep],
+            self.customer_id[keep],
+            self.amount[keep],
+            self.is_fraud[keep],
+            {k: (codes[keep], labels) for k, (codes, labels) in self.keys.items()},
+            ack=self.ack,
+            ack_replies=self.ack_replies,
+            rejects=self.rejects,
+            last=self.last,
+            transaction_id=None if self.transaction_id is None else self.transaction_id[keep],
+            offsets=self.offsets,
         )
 
     def key_combos(self, names: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
@@ -204,8 +236,11 @@ class Source(Protocol):
 
     name: str
 
-    def start(self, after: tuple[int, int]) -> None:
-        """Position the source just after the last committed stream ID."""
+    def start(self, after: tuple[int, int], offsets: Any = None) -> None:
+        """Position the source just after the last committed stream ID.
+
+        ``offsets``: the sink's live {partition: next offset} for a partitioned source.
+        """
 
     def read(self, max_events: int, block_ms: int) -> EventBatch | None:
         """Up to ``max_events`` events in stream order; None when there is nothing (yet)."""

@@ -66,8 +66,9 @@ class StreamParams(FlowParams):
 
     source: str = Field(
         min_length=1,
-        description="A fraud_synth dataset directory (embedded; relative: under the data root) "
-        "or redis://host:port/db?stream=KEY&group=NAME.",
+        description="A fraud_synth dataset directory (embedded; relative: under the data root), "
+        "redis://host:port/db?stream=KEY&group=NAME, rediss:// (TLS), unix:///path.sock?... "
+        "or kafka://host:port[,host:port]/TOPIC?group=NAME.",
     )
     window: str = Field(
         "1min",

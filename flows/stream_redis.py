@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import numpy as np
 
@@ -37,7 +37,8 @@ def parse_redis_source(url: str) -> tuple[str, str, str]:
     group = query.get("group", [DEFAULT_GROUP])[0]
     if not stream or not group:
         raise BadInput(f"parameter source: {url!r} needs a non-empty stream and group")
-    return parsed._replace(query="").geturl(), stream, group
+    rest = {k: v for k, v in query.items() if k not in ("stream", "group")}
+    return parsed._replace(query=urlencode(rest, doseq=True)).geturl(), stream, group
 
 
 class RedisStreamSource:
@@ -56,7 +57,7 @@ class RedisStreamSource:
         self._ahead: int | None = None  # entries asked for by the XREADGROUP in flight
         self._ack_unread = 0  # XACKs sent whose replies are still to be read
 
-    def start(self, after: tuple[int, int]) -> None:
+    def start(self, after: tuple[int, int], offsets: Any = None) -> None:
         try:
             self.conn.command("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
         except RespError as exc:

@@ -88,6 +88,10 @@ class StreamState:
             )
             row = (-1, -1, int(NO_TS), 0, 0, 0, 0)
         self.last_id = (int(row[0]), int(row[1]))
+        # Partitioned sources: {partition: next offset}, committed with the windows.
+        self.offsets: dict[int, int] = dict(
+            self.db.execute("SELECT source_partition, next_offset FROM stream_offsets").fetchall()
+        )
         self.max_ts = int(row[2])
         self.events, self.late_events, self.rejected, self.batches = (int(x) for x in row[3:])
         self.open: dict[tuple[int, tuple[str, ...]], OpenWindow] = {}
@@ -156,7 +160,11 @@ class StreamState:
 
         started = time.perf_counter()
         spec = self.spec
-        fresh = batch.after(self.last_id)
+        fresh = (
+            batch.after(self.last_id)
+            if batch.offsets is None
+            else batch.after_offsets(self.offsets)
+        )
         skipped = len(batch) - len(fresh)
         rejects = batch.rejects
         if len(fresh) == 0 and not rejects:
@@ -282,7 +290,7 @@ class StreamState:
     ) -> None:
         from flows.stream_arrow import strings, table
 
-        last = batch.last_id()
+        last = batch.last_id() if batch.offsets is None else self.last_id
         if last is None or last <= self.last_id:
             last = self.last_id
         db = self.db
@@ -310,6 +318,11 @@ class StreamState:
                 db.unregister("late_rows")
             if batch.rejects:
                 db.executemany("INSERT INTO stream_rejects VALUES (?, ?)", batch.rejects)
+            if batch.offsets:
+                db.executemany(
+                    "INSERT OR REPLACE INTO stream_offsets VALUES (?, ?)",
+                    sorted(batch.offsets.items()),
+                )
             self.batches += 1
             db.execute(
                 "UPDATE stream_progress SET last_hi = ?, last_lo = ?, max_ts = ?, "
@@ -337,6 +350,7 @@ class StreamState:
             _rollback(db)
             raise
         self.last_id = last
+        self.offsets.update(batch.offsets or {})
         self.max_ts = new_max
         self.events += len(fresh)
         self.late_events += late_events

@@ -44,6 +44,8 @@ def _schema(keys: tuple[str, ...]) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS stream_open (group_key VARCHAR, {stat}, kll BLOB, hll BLOB)",
         "CREATE TABLE IF NOT EXISTS stream_late (window_start_ms BIGINT, window_end_ms BIGINT"
         f"{_key_ddl(keys)}, late_events BIGINT)",
+        "CREATE TABLE IF NOT EXISTS stream_offsets (source_partition INTEGER PRIMARY KEY, "
+        "next_offset BIGINT)",
         "CREATE TABLE IF NOT EXISTS stream_rejects (entry_id VARCHAR, reason VARCHAR)",
         "CREATE TABLE IF NOT EXISTS stream_batches (batch BIGINT, backend VARCHAR, "
         "events BIGINT, late_events BIGINT, skipped BIGINT, seconds DOUBLE, last_id VARCHAR, "

@@ -12,11 +12,14 @@ live in modules named for what they are:
   entries in batches; entries are acknowledged (XACK) only after the sink committed them.
   Stream IDs are Redis' own (milliseconds, sequence).
 * flows.stream_resp, flows.stream_resp_bulk: Redis replies are parsed by a small RESP reader
-  with a numpy fast path for entries written in the canonical field order: redis-py's
-  pure-Python parser manages about 27 k entries/s here, too slow for a 100 k events/s target.
+  with a numpy fast path for entries written in the canonical field order (redis-py, even
+  with hiredis, reads too slowly here: figures in flows.stream_resp); rediss:// is TLS with the
+  certificate checked, unix:// a unix socket.
+* flows.stream_kafka: :class:`KafkaSource` reads a Kafka topic through a consumer group,
+  exactly once: partition offsets are committed in the sink with the windows they produced.
 * flows.stream_producer: ``python -m flows.stream_sources produce DATASET --redis URL --stream
-  KEY --rate N`` replays a dataset into a stream at a given rate (events/s; 0 = as fast as
-  possible).
+  KEY --rate N`` (or ``--kafka kafka://host:port/TOPIC``) replays a dataset into a stream or
+  topic at a given rate (events/s; 0 = as fast as possible).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from flows.stream_events import (
     batch_from_columns,
     concat_batches,
 )
+from flows.stream_kafka import KafkaSource, parse_kafka_source
 from flows.stream_producer import main, produce, xadd_batch
 from flows.stream_redis import (
     DEFAULT_GROUP,
@@ -61,6 +65,7 @@ __all__ = [
     "EmbeddedSource",
     "Entries",
     "EventBatch",
+    "KafkaSource",
     "ParsedEntries",
     "RedisStreamSource",
     "RespConnection",
@@ -73,6 +78,7 @@ __all__ = [
     "main",
     "open_source",
     "parse_canonical",
+    "parse_kafka_source",
     "parse_redis_source",
     "produce",
     "read_events",
@@ -83,7 +89,9 @@ __all__ = [
 
 
 def open_source(spec: str) -> Source:
-    """The source a ``source`` parameter names: redis://... or a dataset directory."""
+    """The source a ``source`` parameter names: redis://, kafka://... or a dataset directory."""
+    if spec.startswith("kafka://"):
+        return KafkaSource(spec)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStreamSource(spec)
     return EmbeddedSource(spec.removeprefix("embedded:"))

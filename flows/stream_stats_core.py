@@ -155,7 +155,7 @@ def run_micro_batches(
     # DuckDB gets a share of the cap; the batch arrays and sketches live outside it.
     state = StreamState(sink, spec, feed.name, memory_mb=(cap_mb * 0.4) if cap_mb else None)
     try:
-        feed.start(after=state.last_id)
+        feed.start(after=state.last_id, offsets=state.offsets)
         while True:
             remaining_s = max_seconds - (time.perf_counter() - started)
             if remaining_s <= 0 or (max_events is not None and stats.events >= max_events):
@@ -184,7 +184,11 @@ def run_micro_batches(
                     *state.last_id,
                 )
         stats.lag = feed.lag()
-        stats.last_id = "{}-{}".format(*state.last_id)
+        stats.last_id = (
+            ",".join(f"{p}:{o}" for p, o in sorted(state.offsets.items()))
+            if state.offsets
+            else "{}-{}".format(*state.last_id)
+        )
     finally:
         state.close()
         feed.close()

@@ -186,14 +186,3 @@ def test_the_readme_calls_each_workload_with_parameters_its_flow_accepts(tmp_pat
         for key in ("out", "database", "sink", "raw", "dataset"):
             if key in own:
                 assert Path(getattr(params, key)).is_relative_to(tmp_path), (name, key)
-
-
-def test_a_closed_redis_port_names_the_host_and_the_parameter():
-    from flows.stream_sources import open_source
-    from tests.conftest import free_port
-
-    port = free_port()
-    with pytest.raises(
-        ConnectionError, match=f"^parameter source: cannot connect to Redis at 127.0.0.1:{port}: "
-    ):
-        open_source(f"redis://127.0.0.1:{port}/0?stream=s&group=g")

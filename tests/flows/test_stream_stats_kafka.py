@@ -1,0 +1,275 @@
+"""stream_stats against a real Kafka-protocol broker (Tansu on 127.0.0.1): exactly once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from flows import stream_stats_core as core
+from flows.stream_kafka import KafkaSource, parse_kafka_source
+from flows.stream_sources import fraud_dataset, read_events
+from headroom.errors import BadInput
+
+ROOT = Path(__file__).resolve().parents[2]
+# The watermark covers the dataset's day: partitions are consumed in any interleaving, and
+# no event may become late because another partition ran ahead (see flows.stream_kafka).
+SPEC = core.StreamParams(source="x", sink="x", window="1min", watermark="2d").spec()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return fraud_dataset(tmp_path_factory.mktemp("fraud"), transactions=9_000, seed=5, files=3)
+
+
+@pytest.fixture
+def topic_url(kafka_broker) -> str:
+    return f"kafka://{kafka_broker}/tx-{uuid.uuid4().hex[:8]}?group=stats"
+
+
+def produce(dataset: Path, url: str, *extra: str, wait: bool = True) -> subprocess.Popen:
+    """The producer command, as an operator runs it."""
+    argv = [sys.executable, "-m", "flows.stream_sources", "produce", str(dataset), "--kafka", url]
+    process = subprocess.Popen(
+        [*argv, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    if wait:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
+        assert json.loads(out.strip().splitlines()[-1])["events"] == 9_000
+    return process
+
+
+def consume(url: str, sink: Path, idle_s: float = 1.0, max_batch: int = 1_500) -> dict:
+    return core.run_micro_batches(
+        url,
+        str(sink),
+        SPEC.window_ms,
+        SPEC.slide_ms,
+        SPEC.watermark_ms,
+        list(SPEC.keys),
+        max_batch,
+        idle_s=idle_s,
+    )
+
+
+def consumer_argv(url: str, sink: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "flows.stream_stats_core",
+        "consume",
+        url,
+        str(sink),
+        "--window",
+        "1min",
+        "--watermark",
+        "2d",
+        "--max-batch",
+        "1000",
+        "--idle",
+        "1",
+    ]
+
+
+def sink_offsets(sink: Path) -> dict[int, int]:
+    with duckdb.connect(str(sink), read_only=True) as db:
+        return dict(
+            db.execute("SELECT source_partition, next_offset FROM stream_offsets").fetchall()
+        )
+
+
+def test_round_trip_through_produce_three_partitions_keys_spread(dataset, topic_url, tmp_path):
+    produce(dataset, topic_url)
+    result = consume(topic_url, tmp_path / "s.duckdb")
+    assert result["events"] == 9_000 and result["rejected"] == 0
+    assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+    offsets = sink_offsets(tmp_path / "s.duckdb")
+    assert sorted(offsets) == [0, 1, 2] and sum(offsets.values()) == 9_000
+    assert min(offsets.values()) > 1_000  # keys spread over all three partitions
+    # Key = customer id: one customer's events all land in one partition.
+    from confluent_kafka import Consumer
+
+    target = parse_kafka_source(topic_url)
+    reader = Consumer(
+        {"bootstrap.servers": target.brokers, "group.id": "check", "auto.offset.reset": "earliest"}
+    )
+    reader.subscribe([target.topic])
+    where: dict[bytes, set[int]] = {}
+    seen = 0
+    deadline = time.monotonic() + 60
+    while seen < 9_000 and time.monotonic() < deadline:
+        for message in reader.consume(5_000, 1.0):
+            customer = json.loads(message.value())["customer_id"]
+            assert message.key() == str(customer).encode()
+            where.setdefault(message.key(), set()).add(message.partition())
+            seen += 1
+    reader.close()
+    assert seen == 9_000
+    assert all(len(partitions) == 1 for partitions in where.values())
+
+
+@pytest.mark.parametrize("point", ["after-read:3", "after-commit:3"])
+def test_sigkill_mid_run_then_run_again_counts_each_event_once(dataset, topic_url, tmp_path, point):
+    produce(dataset, topic_url)
+    sink = tmp_path / "s.duckdb"
+    killed = subprocess.run(
+        consumer_argv(topic_url, sink),
+        cwd=ROOT,
+        env={**os.environ, core.CRASH_ENV: point},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    with duckdb.connect(str(sink), read_only=True) as db:
+        events_before = db.execute("SELECT events FROM stream_progress").fetchone()[0]
+    assert 0 < events_before < 9_000  # killed mid-run, with work committed and work left
+    again = subprocess.run(
+        consumer_argv(topic_url, sink), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["events"] == 9_000 - events_before
+    assert core.compare_with_baseline(sink, read_events(dataset), SPEC) == []
+    assert sum(sink_offsets(sink).values()) == 9_000
+
+
+def test_malformed_messages_are_rejected_with_partition_and_offset(kafka_broker, tmp_path):
+    from confluent_kafka import Producer
+
+    from flows.stream_kafka import create_topic
+
+    url = f"kafka://{kafka_broker}/bad-{uuid.uuid4().hex[:8]}?group=stats"
+    create_topic(parse_kafka_source(url), 3)
+    good = {
+        "transaction_id": 1,
+        "ts": 1_704_067_200_000,
+        "customer_id": 7,
+        "merchant_category": "travel",
+        "channel": "online",
+        "amount": 12.5,
+        "is_fraud": False,
+    }
+    values = [
+        json.dumps(good).encode(),
+        b"not json",
+        json.dumps({**good, "amount": "abc"}).encode(),
+        json.dumps({k: v for k, v in good.items() if k != "ts"}).encode(),
+        b'{"transaction_id": 2, "ts": 1704067200000, "customer_id": 7, "merchant_category":'
+        b' "travel", "channel": "online", "amount": NaN, "is_fraud": false}',
+        json.dumps([1, 2]).encode(),
+        json.dumps({**good, "transaction_id": 3, "amount": 7.5}).encode(),
+    ]
+    delivered: list[tuple[int, int]] = []
+    producer = Producer({"bootstrap.servers": kafka_broker})
+    for value in values:
+        producer.produce(
+            parse_kafka_source(url).topic,
+            key=b"7",
+            value=value,
+            on_delivery=lambda err, msg: delivered.append((msg.partition(), msg.offset())),
+        )
+    assert producer.flush(30) == 0
+    result = consume(url, tmp_path / "s.duckdb")
+    assert result["events"] == 2 and result["rejected"] == 5
+    with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as db:
+        rejects = db.execute("SELECT entry_id, reason FROM stream_rejects").fetchall()
+        amount = db.execute("SELECT sum(amount_sum) FROM window_stats").fetchone()[0]
+    expected = {f"partition {p} offset {o}" for p, o in (delivered[i] for i in (1, 2, 3, 4, 5))}
+    assert {entry for entry, _ in rejects} == expected
+    assert amount == 20.0
+    reasons = " ".join(reason for _, reason in rejects)
+    assert "not JSON" in reasons and "field amount" in reasons and "lacks ['ts']" in reasons
+
+
+def test_rebalance_a_member_joins_then_leaves_nothing_twice_or_lost(
+    dataset, topic_url, tmp_path, caplog
+):
+    from confluent_kafka import Consumer
+
+    from flows.stream_kafka import create_topic
+
+    target = parse_kafka_source(topic_url)
+    create_topic(target, 3)
+    producer = produce(dataset, topic_url, "--rate", "1500", wait=False)
+    intruder: dict[str, int] = {"assigned": 0, "messages": 0}
+
+    def join_then_leave() -> None:
+        # A plain member of the same group that commits its own offsets to Kafka: they
+        # must not move the sink's consumer, which seeks to the sink's offsets. It joins
+        # once the consumer holds its partitions and is consuming.
+        assert consuming.wait(60)
+        time.sleep(1.0)
+        member = Consumer(
+            {
+                "bootstrap.servers": target.brokers,
+                "group.id": target.group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": 200,
+            }
+        )
+        member.subscribe(
+            [target.topic],
+            on_assign=lambda c, parts: intruder.__setitem__("assigned", len(parts)),
+        )
+        held = time.monotonic() + 8
+        while time.monotonic() < held:
+            intruder["messages"] += len(member.consume(500, 0.2))
+        member.close()
+
+    consuming = threading.Event()
+
+    class Assigned(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "assigned partitions" in record.getMessage():
+                consuming.set()
+
+    handler = Assigned()
+    logging.getLogger("flows.stream_kafka").addHandler(handler)
+    thread = threading.Thread(target=join_then_leave)
+    thread.start()
+    with caplog.at_level(logging.INFO, logger="flows.stream_kafka"):
+        result = consume(topic_url, tmp_path / "s.duckdb", idle_s=4.0, max_batch=500)
+    thread.join()
+    logging.getLogger("flows.stream_kafka").removeHandler(handler)
+    producer.communicate(timeout=60)
+    assert producer.returncode == 0
+    assert intruder["assigned"] >= 1  # it did take partitions from the consumer
+    revoked = [r for r in caplog.records if "revoked" in r.getMessage()]
+    assert revoked, "the consumer never lost a partition: no rebalance happened"
+    assert result["events"] == 9_000
+    assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+
+
+def test_source_url_is_checked_before_any_connection():
+    with pytest.raises(BadInput, match="credentials"):
+        parse_kafka_source("kafka://user:secret@127.0.0.1:9092/tx")
+    with pytest.raises(BadInput, match="unknown options"):
+        parse_kafka_source("kafka://127.0.0.1:9092/tx?password=x")
+    with pytest.raises(BadInput, match="TOPIC"):
+        parse_kafka_source("kafka://127.0.0.1:9092/")
+    target = parse_kafka_source("kafka://a:1,b:2/tx?group=g")
+    assert (target.brokers, target.topic, target.group) == ("a:1,b:2", "tx", "g")
+
+
+def test_closed_port_names_the_broker_and_the_parameter():
+    from deployments.production.throwaway import free_port
+
+    port = free_port()
+    source = KafkaSource(f"kafka://127.0.0.1:{port}/tx")
+    source.consumer = None
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"parameter source: .*127\.0\.0\.1:{port}"):
+        source.start((-1, -1))
+    assert time.monotonic() - started < 30
+    source.close()
