@@ -113,7 +113,10 @@ def acquire(name: str, slots: int, lease_s: float, timeout_s: float | None = Non
             time.sleep(wait)
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + waiting.LOG_EVERY_S
-                waiting.log_waiting(f"a task ({slots} slots)", time.monotonic() - began, [name])
+                try:
+                    waiting.log_waiting(f"a task ({slots} slots)", time.monotonic() - began, [name])
+                except Exception:  # noqa: BLE001 - a diagnosis must never fail the wait
+                    pass
     payload = response.json()
     if not payload.get("limits"):
         raise TerminalError(

@@ -152,7 +152,7 @@ def watch_temporary_server() -> int | None:
     servers = [s for s in SubprocessASGIServer._instances.values() if s.server_process]
     if not servers:
         return None
-    server_pid = servers[0].server_process.pid
+    server_pid = servers[0].server_process.pid  # type: ignore[union-attr]
     if server_pid in _watched:
         return None
     _watched.add(server_pid)

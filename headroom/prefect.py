@@ -508,6 +508,7 @@ def map_bounded(
     :class:`Outcome` carries its value or its error.
     """
     from prefect.artifacts import create_progress_artifact
+    from prefect.futures import as_completed
 
     pending = list(items)
     outcomes = [Outcome(item) for item in pending]
@@ -533,7 +534,7 @@ def map_bounded(
         if progress_id is not None and reported < finished:
             progress_id = _report_progress(progress_id, finished, len(pending))
             reported = finished
-        future = _next_done(task, running)
+        future = next(as_completed(list(running)))
         index = running.pop(future)
         try:
             # The future's own result: with persistence off the server holds no data.
@@ -544,28 +545,6 @@ def map_bounded(
     if progress_id is not None:
         _report_progress(progress_id, finished, len(pending))
     return outcomes
-
-
-def _next_done(task: Any, running: dict[Any, int]) -> Any:
-    """The next future of ``running`` to finish; every ``waiting.LOG_EVERY_S`` meanwhile, a
-    line naming the slots its task runs not yet started wait for, and who holds them."""
-    from prefect.futures import as_completed
-
-    from headroom import waiting
-
-    since = time.monotonic()
-    while True:
-        try:
-            return next(as_completed(list(running), timeout=waiting.LOG_EVERY_S))
-        except TimeoutError:
-            with _attempts_lock:
-                not_started = [f for f in running if str(f.task_run_id) not in _started]
-            if not_started:
-                waiting.log_waiting(
-                    f"{len(not_started)} task run(s) of {task.name}",
-                    time.monotonic() - since,
-                    [f"tag:{tag}" for tag in sorted(task.tags)],
-                )
 
 
 def _report_progress(progress_id: UUID, finished: int, total: int) -> UUID | None:
