@@ -63,8 +63,8 @@ def test_iso_lmp_on_a_read_only_dataset_disk_fails_once_before_reading(tmp_path,
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"file_size": "1B"}, "file_size must be at least 1MB"),
-        ({"size": "30GB", "file_size": "1KB"}, "file_size must be at least 1MB"),
+        ({"file_size": "1B"}, "parameter file_size: must be at least 1MB"),
+        ({"size": "30GB", "file_size": "1KB"}, "parameter file_size: must be at least 1MB"),
         ({"transactions": 10_000_000_000, "file_size": "1MB"}, "plans 189,999 files"),
     ],
 )
