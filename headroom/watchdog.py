@@ -14,7 +14,7 @@ import sys
 import time
 
 POLL_S = 0.5
-GRACE_S = 5.0
+GRACE_S = 2.0  # the owner is gone: nothing waits for a clean shutdown
 
 
 def watch(owner_pid: int, target_pid: int) -> bool:

@@ -49,6 +49,13 @@ def _wait_holding(script: subprocess.Popen, workdir: Path, timeout_s: float = 12
         time.sleep(0.2)
 
 
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.slow
 def test_failed_and_killed_scripts_never_wedge_the_next_run(tmp_path):
     home = tmp_path / "prefect-home"
@@ -66,8 +73,10 @@ def test_failed_and_killed_scripts_never_wedge_the_next_run(tmp_path):
         os.kill(script.pid, signal.SIGKILL)  # as the OOM killer does
         script.wait()
         left_behind += tree
-    time.sleep(10)
-    alive = [p for p in left_behind if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    # the watchdog polls every 0.5 s and gives the server 2 s to stop before SIGKILL
+    deadline = time.monotonic() + 10
+    while (alive := [p for p in left_behind if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
 
     plain = _start(tmp_path / "plain", home, 0.5)
