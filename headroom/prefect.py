@@ -684,7 +684,7 @@ def note_process_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
     from prefect.client.orchestration import get_client
 
-    from headroom import local_server, runs
+    from headroom import local_server, runs, waiting
 
     try:
         runs.record_process(str(flow_run.id))
@@ -692,11 +692,13 @@ def note_process_hook(flow: Any, flow_run: Any, state: Any) -> None:
         logging.getLogger(__name__).warning("could not record the run's process: %s", exc)
     with get_client(sync_client=True) as client:
         local_server.prepare(client, str(flow_run.id), planned_limits())
+    waiting.watch_tag_waits(flow_run)
 
 
 def forget_process_hook(flow: Any, flow_run: Any, state: Any) -> None:
-    from headroom import runs
+    from headroom import runs, waiting
 
+    waiting.stop_watching(flow_run)
     with contextlib.suppress(OSError):
         runs.forget_process(str(flow_run.id))
 

@@ -8,10 +8,13 @@ long for good reasons; a wait on slots nobody will give back must at least be vi
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-LOG_EVERY_S = 30.0
+LOG_EVERY_S = float(os.environ.get("HEADROOM_WAIT_LOG_S", "30"))
 _SHOWN = 5
 
 log = logging.getLogger("headroom.waiting")
@@ -60,3 +63,83 @@ def _logger() -> Any:
         return get_run_logger()
     except Exception:  # noqa: BLE001 - outside a run
         return log
+
+
+_watchers: dict[str, threading.Event] = {}
+
+
+def watch_tag_waits(flow_run: Any) -> None:
+    """Start a thread that, every ``LOG_EVERY_S``, says in ``flow_run``'s log which of its task
+    runs have waited that long in Prefect's engine for a tag slot, and who holds the slots.
+
+    The engine's wait happens before the task's body, where headroom has no code; so the thread
+    reads the flow run's Pending task runs from the server and keeps those whose tag limits are
+    full. It stops with :func:`stop_watching` (the flow's final-state hooks) or with the process.
+    """
+    key = str(flow_run.id)
+    if key in _watchers:
+        return
+    stop = _watchers[key] = threading.Event()
+    threading.Thread(
+        target=_watch, args=(flow_run, stop), name=f"headroom-waits-{key[:8]}", daemon=True
+    ).start()
+
+
+def stop_watching(flow_run: Any) -> None:
+    stop = _watchers.pop(str(flow_run.id), None)
+    if stop is not None:
+        stop.set()
+
+
+def _watch(flow_run: Any, stop: threading.Event) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.logging.loggers import flow_run_logger
+
+    logger = flow_run_logger(flow_run)
+    while not stop.wait(LOG_EVERY_S):
+        try:
+            with get_client(sync_client=True) as client:
+                for line in waiting_task_runs(client, flow_run.id, LOG_EVERY_S):
+                    logger.warning(line)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must never fail the run
+            log.debug("wait watch of %s: %s", flow_run.id, exc)
+
+
+def waiting_task_runs(client: Any, flow_run_id: Any, at_least_s: float) -> list[str]:
+    """One line per task run of ``flow_run_id`` Pending for ``at_least_s`` or more with a full
+    tag limit: what it waits for and who holds it."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    pending = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        task_run_filter=TaskRunFilter(
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.PENDING]))
+        ),
+    )
+    now = datetime.now(UTC)
+    lines = []
+    for task_run in pending:
+        since = task_run.state.timestamp if task_run.state else task_run.created
+        waited = (now - since).total_seconds() if since else 0.0
+        if waited < at_least_s:
+            continue
+        full = [f"tag:{tag}" for tag in task_run.tags if _full(client, f"tag:{tag}")]
+        if full:
+            described = "; ".join(holders(client, name) for name in full)
+            lines.append(f"task {task_run.name} has waited {waited:.0f} s for slots: {described}")
+    return lines
+
+
+def _full(client: Any, name: str) -> bool:
+    try:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    except Exception:  # noqa: BLE001 - no such limit: nothing to wait for
+        return False
+    return bool(limit.active) and limit.active_slots >= limit.limit

@@ -307,16 +307,14 @@ def deploy(
 ) -> None:
     """``prefect --no-prompt deploy --all`` (or ``--name`` each of ``names``) from prefect.yaml.
 
-    HEADROOM_ROOT is left out on purpose: ``prefect deploy`` would bake this checkout's path
-    into the pull step; unset, ``{{ $HEADROOM_ROOT }}`` is resolved when each run starts, from
-    the environment of the worker that runs it, so every host runs its own checkout.
+    The pull step (deployments/steps.py) reads HEADROOM_ROOT when each run starts, from the
+    environment of the worker that runs it, so every host runs its own checkout.
     """
     argv = [PREFECT, "--no-prompt", "deploy"]
     argv += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
     if prefect_file is not None:
         argv += ["--prefect-file", str(prefect_file)]
     env = settings.client_env()
-    env.pop("HEADROOM_ROOT")
     if output is None:
         subprocess.run(argv, cwd=ROOT, env=env, check=True)
         return
