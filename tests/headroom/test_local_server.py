@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -62,6 +63,13 @@ def test_failed_and_killed_scripts_never_wedge_the_next_run(tmp_path):
     failed = _start(tmp_path / "failed", home, 0.5, "fail")
     assert failed.wait(timeout=180) != 0
     assert "failed on purpose" in (tmp_path / "failed" / "script.log").read_text()
+    # A run that ends (here: Failed) gives its slots back before its temporary server stops:
+    # what the server kept on disk shows none held.
+    with sqlite3.connect(home / "prefect.db") as db:
+        held = db.execute(
+            "SELECT name, active_slots FROM concurrency_limit_v2 WHERE active_slots > 0"
+        ).fetchall()
+    assert held == [], held
 
     left_behind: list[psutil.Process] = []
     for attempt in range(3):
