@@ -62,3 +62,21 @@ def fill_tmpfs(path: str, mib: int) -> int:
         for _ in range(mib):
             handle.write(block)
     return mib
+
+
+def peak_held(log_dir: str | Path) -> tuple[int, int]:
+    """(largest MiB the allocating children held at one moment, by their own logs; children
+    that logged at all)."""
+    events = []
+    logs = sorted(Path(log_dir).glob("child-*.log"))
+    for log in logs:
+        held = 0
+        for line in log.read_text().splitlines():
+            stamp, mib = (int(v) for v in line.split())
+            events.append((stamp, mib - held))
+            held = mib
+    total = peak = 0
+    for _, delta in sorted(events):
+        total += delta
+        peak = max(peak, total)
+    return peak, sum(1 for log in logs if log.read_text())

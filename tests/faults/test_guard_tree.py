@@ -57,28 +57,10 @@ def test_a_grandchild_in_its_own_session_ends_with_the_call(mode, outcome, tmp_p
     assert _gone_within(pid, 10.0), f"grandchild {pid} outlived the call ({outcome}, {mode})"
 
 
-def _peak_allocated(log_dir: Path) -> tuple[int, int]:
-    """(largest MiB the allocating children held at one moment, by their own logs; children
-    that logged at all)."""
-    events = []
-    logs = sorted(log_dir.glob("child-*.log"))
-    for log in logs:
-        held = 0
-        for line in log.read_text().splitlines():
-            stamp, mib = (int(v) for v in line.split())
-            events.append((stamp, mib - held))
-            held = mib
-    total = peak = 0
-    for _, delta in sorted(events):
-        total += delta
-        peak = max(peak, total)
-    return peak, sum(1 for log in logs if log.read_text())
-
-
 def test_allocating_children_cannot_take_the_tree_past_its_cap(mode, tmp_path):
     with pytest.raises(OutOfMemory) as caught:
         run_guarded(bodies.allocating_children, 3, 150, str(tmp_path), cap_mb=CAP_MB)
-    peak, started = _peak_allocated(tmp_path)
+    peak, started = bodies.peak_held(tmp_path)
     assert started >= 2  # the children did race for memory
     # What the children held by their own account, and what the guard saw of the tree.
     assert peak <= 1.1 * CAP_MB, f"children held {peak} MiB at once ({mode})"
