@@ -191,9 +191,10 @@ def test_malformed_messages_are_rejected_with_partition_and_offset(kafka_broker,
     assert "not JSON" in reasons and "field amount" in reasons and "lacks ['ts']" in reasons
 
 
-def test_rebalance_a_member_joins_then_leaves_nothing_twice_or_lost(
-    dataset, topic_url, tmp_path, caplog
-):
+def test_another_group_member_joins_then_leaves_nothing_twice_or_lost(dataset, topic_url, tmp_path):
+    """A member of the same group rebalancing the group's partitions among its members, and
+    committing its own offsets, never moves the sink's consumer: it holds every partition by
+    assignment at the sink's offsets."""
     from confluent_kafka import Consumer
 
     from flows.stream_kafka import create_topic
@@ -204,9 +205,6 @@ def test_rebalance_a_member_joins_then_leaves_nothing_twice_or_lost(
     intruder: dict[str, int] = {"assigned": 0, "messages": 0}
 
     def join_then_leave() -> None:
-        # A plain member of the same group that commits its own offsets to Kafka: they
-        # must not move the sink's consumer, which seeks to the sink's offsets. It joins
-        # once the consumer holds its partitions and is consuming.
         assert consuming.wait(60)
         time.sleep(1.0)
         member = Consumer(
@@ -216,6 +214,7 @@ def test_rebalance_a_member_joins_then_leaves_nothing_twice_or_lost(
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": True,
                 "auto.commit.interval.ms": 200,
+                "session.timeout.ms": 6000,
             }
         )
         member.subscribe(
@@ -236,19 +235,20 @@ def test_rebalance_a_member_joins_then_leaves_nothing_twice_or_lost(
 
     handler = Assigned()
     logging.getLogger("flows.stream_kafka").addHandler(handler)
+    logging.getLogger("flows.stream_kafka").setLevel(logging.INFO)
     thread = threading.Thread(target=join_then_leave)
     thread.start()
-    with caplog.at_level(logging.INFO, logger="flows.stream_kafka"):
+    try:
         result = consume(topic_url, tmp_path / "s.duckdb", idle_s=4.0, max_batch=500)
-    thread.join()
-    logging.getLogger("flows.stream_kafka").removeHandler(handler)
+    finally:
+        thread.join()
+        logging.getLogger("flows.stream_kafka").removeHandler(handler)
     producer.communicate(timeout=60)
     assert producer.returncode == 0
-    assert intruder["assigned"] >= 1  # it did take partitions from the consumer
-    revoked = [r for r in caplog.records if "revoked" in r.getMessage()]
-    assert revoked, "the consumer never lost a partition: no rebalance happened"
+    assert intruder["assigned"] == 3 and intruder["messages"] > 0  # it held the group
     assert result["events"] == 9_000
     assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+    assert sum(sink_offsets(tmp_path / "s.duckdb").values()) == 9_000
 
 
 def test_source_url_is_checked_before_any_connection():
