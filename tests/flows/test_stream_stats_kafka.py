@@ -118,6 +118,76 @@ def test_round_trip_through_produce_three_partitions_keys_spread(dataset, topic_
     assert all(len(partitions) == 1 for partitions in where.values())
 
 
+def test_group_offsets_in_kafka_follow_the_sink_for_lag(dataset, topic_url, tmp_path):
+    from confluent_kafka import Consumer, TopicPartition
+
+    produce(dataset, topic_url)
+    result = consume(topic_url, tmp_path / "s.duckdb")
+    assert result["events"] == 9_000 and result["lag"]["lag"] == 0
+    target = parse_kafka_source(topic_url)
+    reader = Consumer({"bootstrap.servers": target.brokers, "group.id": target.group})
+    committed = reader.committed([TopicPartition(target.topic, p) for p in range(3)], timeout=30)
+    reader.close()
+    assert {tp.partition: tp.offset for tp in committed} == sink_offsets(tmp_path / "s.duckdb")
+
+
+def test_several_brokers_any_one_answering_will_do(dataset, kafka_broker, tmp_path):
+    from deployments.production.throwaway import free_port
+
+    url = f"kafka://127.0.0.1:{free_port()},{kafka_broker}/tx-{uuid.uuid4().hex[:8]}?group=g"
+    process = produce(dataset, url, "--partitions", "2", "--max-events", "3000", wait=False)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["events"] == 3_000
+    result = consume(url, tmp_path / "s.duckdb")
+    assert result["events"] == 3_000
+    offsets = sink_offsets(tmp_path / "s.duckdb")
+    assert sorted(offsets) == [0, 1] and sum(offsets.values()) == 3_000  # --partitions 2
+
+
+def test_security_settings_come_from_the_environment_as_librdkafka_takes_them():
+    from confluent_kafka import Consumer
+
+    from flows.stream_kafka import client_config
+
+    target = parse_kafka_source("kafka://127.0.0.1:1,127.0.0.1:2/tx")
+    environ = {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "stats",
+        "KAFKA_SASL_PASSWORD": "s3cret",
+        "KAFKA_SSL_CA_LOCATION": "/etc/ssl/certs/ca-certificates.crt",
+    }
+    config = client_config(target, environ)
+    assert config == {
+        "bootstrap.servers": "127.0.0.1:1,127.0.0.1:2",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "stats",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": "/etc/ssl/certs/ca-certificates.crt",
+    }
+    # librdkafka knows every one of these settings (a wrong name fails here).
+    Consumer(config | {"group.id": "g"}).close()
+    assert client_config(target, {}) == {"bootstrap.servers": "127.0.0.1:1,127.0.0.1:2"}
+
+
+def test_the_kafka_deployment_reads_a_kafka_topic_like_the_redis_one():
+    from deployments.serve import load_deployment_specs
+    from flows.stream_params import StreamParams
+
+    specs = {spec["name"]: spec for spec in load_deployment_specs()}
+    kafka, redis = specs["stream-stats-kafka"], specs["stream-stats-redis"]
+    source = kafka["parameters"]["source"]
+    target = parse_kafka_source(source)
+    assert (target.topic, target.group) == ("fraud-transactions", "stream-stats")
+    flow_params = {k: v for k, v in kafka["parameters"].items() if k != "chunk_scale"}
+    StreamParams(**flow_params)  # the flow's own model takes them (chunk_scale is headroom's)
+    assert kafka["entrypoint"] == redis["entrypoint"]
+    for key in ("tags", "schedules", "concurrency_limit", "work_pool"):
+        assert kafka[key] == redis[key], key
+
+
 @pytest.mark.parametrize("point", ["after-read:3", "after-commit:3"])
 def test_sigkill_mid_run_then_run_again_counts_each_event_once(dataset, topic_url, tmp_path, point):
     produce(dataset, topic_url)
@@ -265,11 +335,13 @@ def test_source_url_is_checked_before_any_connection():
 def test_closed_port_names_the_broker_and_the_parameter():
     from deployments.production.throwaway import free_port
 
-    port = free_port()
-    source = KafkaSource(f"kafka://127.0.0.1:{port}/tx")
+    port, other = free_port(), free_port()
+    source = KafkaSource(f"kafka://127.0.0.1:{port},127.0.0.1:{other}/tx")
     source.consumer = None
     started = time.monotonic()
-    with pytest.raises(ConnectionError, match=rf"parameter source: .*127\.0\.0\.1:{port}"):
+    with pytest.raises(
+        ConnectionError, match=rf"parameter source: .*127\.0\.0\.1:{port}: .*127\.0\.0\.1:{other}: "
+    ):
         source.start((-1, -1))
     assert time.monotonic() - started < 30
     source.close()
