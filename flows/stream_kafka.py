@@ -322,7 +322,11 @@ def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
     import pyarrow.compute as pc
     import pyarrow.json as pj
 
-    if any(v is None or b"\n" in v for v in values):
+    try:
+        joined = b"\n".join(values)  # type: ignore[arg-type]
+    except TypeError:  # a message without a value
+        return None
+    if joined.count(b"\n") != len(values) - 1:  # a value spans lines: not one JSON per line
         return None
     schema = pa.schema(
         [
@@ -337,7 +341,7 @@ def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
     )
     try:
         table = pj.read_json(
-            pa.BufferReader(b"\n".join(values)),  # type: ignore[arg-type]
+            pa.BufferReader(joined),
             parse_options=pj.ParseOptions(
                 explicit_schema=schema, unexpected_field_behavior="ignore"
             ),
