@@ -5,14 +5,14 @@ host name checked with the system's trust store, or ``?ssl_ca_certs=PATH``, befo
 is sent, so a password never goes out in plaintext), unix:///path.sock?db=N (unix socket).
 
 Why not redis-py: the same XREADGROUP batches of 32,768 entries read into event columns, no
-sink, in one run of bench/bench_stream_stats.py (500,000 entries of the real Redis on this
-machine, 2 shared cores, 2026-12-03): this reader 102 k entries/s, redis-py 8.1 with hiredis
-3.5 (its C parser; raw replies, no dict per entry) 67 k entries/s; through redis-py's own
-XREADGROUP reply parsing (a dict per entry) about 21 k. redis-py already reads below the
-100 k events/s the Redis path must reach end to end (it reached 126 k with this reader in the
-same run), so stream replies are read by :meth:`RespConnection.read_entries`, which hands
-canonical entries to the numpy parser (flows.stream_resp_bulk), then tries a compiled regex,
-then parses entry by entry.
+sink, in the same run of bench/bench_stream_stats.py (500,000 entries of the real Redis on
+this machine, 2 shared cores; two runs on 2026-12-03): this reader 102 k and 201 k entries/s,
+redis-py 8.1 with hiredis 3.5 (its C parser; raw replies, no dict per entry) 67 k and 86 k;
+through redis-py's own XREADGROUP reply parsing (a dict per entry) about 21 k. redis-py reads
+below the 100 k events/s the Redis path must reach end to end before any aggregation (with
+this reader the path reached 126 k and 114 k in those runs), so stream replies are read by
+:meth:`RespConnection.read_entries`, which hands canonical entries to the numpy parser
+(flows.stream_resp_bulk), then tries a compiled regex, then parses entry by entry.
 """
 
 from __future__ import annotations
