@@ -1,8 +1,8 @@
 """The Kafka source: every partition of a topic read by one consumer, exactly once into the sink.
 
 Pure logic without prefect. ``kafka://host:port[,host2:port]/TOPIC?group=NAME``; security
-settings come from the environment (a deployment fills them from Secret blocks), never from
-the URL. A message's key is the customer id, its value a JSON object with the seven event
+settings come from the environment of the worker (no Secret block is read), never from the
+URL. A message's key is the customer id, its value a JSON object with the seven event
 fields (flows.stream_events.FIELDS, ``ts`` in epoch ms).
 
 Exactly once: the sink, not Kafka, owns the positions (as in Spark's and Flink's Kafka
@@ -47,7 +47,7 @@ from headroom.errors import BadInput
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "stream-stats"
-# Environment variables a deployment sets (from Secret blocks) for a secured cluster.
+# Environment variables of the worker for a secured cluster (never the URL).
 SECURITY_ENV = {
     "KAFKA_SECURITY_PROTOCOL": "security.protocol",
     "KAFKA_SASL_MECHANISM": "sasl.mechanism",
@@ -80,7 +80,7 @@ def parse_kafka_source(url: str) -> KafkaTarget:
     if "@" in parsed.netloc:
         raise BadInput(
             "parameter source: credentials do not belong in a kafka:// URL; set "
-            "KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD (from a Secret block) instead"
+            "KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD in the environment instead"
         )
     brokers = [b for b in parsed.netloc.split(",") if b]
     for broker in brokers:
