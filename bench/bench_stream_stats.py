@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import measure, python, table, write_section
+from flows.stream_redis import READ_CHUNK
 
 SCRATCH = Path("/tmp/stream-stats-bench")
 TRANSACTIONS = 2_000_000
@@ -46,6 +47,59 @@ while got < want:
 s = time.perf_counter() - t
 c.close()
 print(json.dumps({"events": got, "seconds": s, "events_per_s": got / s, "batch_s_max": s}))
+"""
+
+
+# The same XREADGROUP batches of one stream read to EventBatch columns (no sink) by the
+# hand RESP reader (flows.stream_redis) and by redis-py with hiredis, each in a new group.
+READERS = """
+import json, sys, time, uuid
+import numpy as np
+url, key, want, reader = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+group = "readers-" + uuid.uuid4().hex[:6]
+got, t = 0, time.perf_counter()
+if reader == "hand":
+    from flows.stream_redis import READ_CHUNK, RedisStreamSource
+    source = RedisStreamSource(f"{url}?stream={key}&group={group}")
+    source.start((-1, -1))
+    while got < want:
+        batch = source.read(262144, 1000)
+        got += len(batch.ts)
+    source.close()
+else:
+    import redis
+    from redis.utils import HIREDIS_AVAILABLE
+    from flows.stream_events import FIELDS, batch_from_columns
+    from flows.stream_redis import READ_CHUNK
+    if not HIREDIS_AVAILABLE:  # not a dependency: pip install hiredis to measure it
+        print(json.dumps({"events": 0, "seconds": 0, "events_per_s": 0, "missing": "hiredis"}))
+        sys.exit(0)
+    NAMES = [f.encode() for f in FIELDS]
+    client = redis.Redis.from_url(url)
+    client.xgroup_create(key, group, id="0")
+    # The raw reply (no per-entry dict): [[stream, [[id, [field, value, ...]], ...]]], or
+    # {stream: [...]} where the server speaks RESP3.
+    client.set_response_callback("XREADGROUP", lambda reply, **options: reply)
+    while got < want:
+        reply = client.execute_command(
+            "XREADGROUP", "GROUP", group, "c", "COUNT", READ_CHUNK, "STREAMS", key, ">"
+        )
+        [entries] = reply.values() if isinstance(reply, dict) else [e for _, e in reply]
+        flat = [pairs for _, pairs in entries]
+        assert all(pairs[0::2] == NAMES for pairs in flat)  # the canonical field order
+        values = [[pairs[2 * k + 1] for pairs in flat] for k in range(len(FIELDS))]
+        columns = {f: np.array(values[k], dtype=np.int64) for k, f in enumerate(FIELDS[:3])}
+        columns["merchant_category"] = [v.decode() for v in values[3]]
+        columns["channel"] = [v.decode() for v in values[4]]
+        columns["amount"] = np.array(values[5], dtype=np.float64)
+        columns["is_fraud"] = np.array(values[6], dtype=np.int64) != 0
+        ids = b"-".join(i for i, _ in entries).split(b"-")
+        hi = np.array(ids[0::2], dtype=np.int64)
+        lo = np.array(ids[1::2], dtype=np.int64)
+        got += len(batch_from_columns(hi, lo, columns).ts)
+    client.xgroup_destroy(key, group)
+s = time.perf_counter() - t
+print(json.dumps({"events": got, "seconds": s, "events_per_s": got / s}))
 """
 
 
@@ -92,7 +146,9 @@ def main() -> None:
         ]
     )
 
-    def consume(label: str, source: str, backend: str = "cpu") -> dict:
+    def consume(
+        label: str, source: str, backend: str = "cpu", max_events: int | None = None
+    ) -> dict:
         sink = SCRATCH / f"{uuid.uuid4().hex[:6]}.duckdb"
         run = measure(
             label,
@@ -115,6 +171,9 @@ def main() -> None:
                 backend,
                 "--max-seconds",
                 "600",
+                # A stream's run stops at the count produced, as the bare consumer does,
+                # instead of waiting --idle for more (that wait is not reading).
+                *(["--max-events", str(max_events)] if max_events else []),
             ],
         )
         figures = _json(run.output)
@@ -159,8 +218,18 @@ def main() -> None:
         producer = _json(produced.output)
         try:
             redis = consume(
-                "ours: Redis stream end to end, CPU", f"{REDIS_URL}?stream={key}&group=bench"
+                "ours: Redis stream end to end, CPU",
+                f"{REDIS_URL}?stream={key}&group=bench",
+                max_events=count,
             )
+            readers = {
+                name: _json(
+                    measure(
+                        f"reader {name}", [*python(READERS), REDIS_URL, key, str(count), name]
+                    ).output
+                )
+                for name in ("hand", "redis-py")
+            }
         finally:
             redis_client.Redis.from_url(REDIS_URL).delete(key)
     kafka = _kafka(args, dataset, consume) if not args.no_kafka else None
@@ -170,7 +239,10 @@ def main() -> None:
         f"{n:,} fraud_synth transactions over 7 days, 1-minute windows by merchant category "
         "and channel, 5-minute watermark, micro-batches of 262,144 events. events/s covers "
         "reading, aggregation and the DuckDB commit of every micro-batch; the baseline's "
-        "covers its aggregation loop only. GPU: " + ("measured" if gpu_ok else f"none ({why})"),
+        "covers its aggregation loop only. A stream's run (a process of its own) is timed from "
+        "opening the source and the sink to the sink's close, and stops at the count produced "
+        "(as the bare Kafka consumer does) instead of waiting for more. GPU: "
+        + ("measured" if gpu_ok else f"none ({why})"),
         "",
         table(
             ["subject", "events", "events/s", "longest batch s", "peak RSS MiB", "x baseline"], rows
@@ -185,6 +257,16 @@ def main() -> None:
             f"- target >= 100,000 events/s end to end from Redis: "
             f"{'met' if redis['events_per_s'] >= 1e5 else 'not met'} "
             f"({redis['events_per_s']:,.0f}; producer {producer['events_per_s']:,.0f} events/s)"
+        )
+        library = readers["redis-py"]
+        markdown.append(
+            f"- reading the same XREADGROUP batches of {READ_CHUNK:,} into event columns, no "
+            f"sink: the hand RESP reader {readers['hand']['events_per_s']:,.0f} entries/s, "
+            + (
+                "redis-py with hiredis not measured (pip install hiredis)"
+                if library.get("missing")
+                else f"redis-py with hiredis {library['events_per_s']:,.0f} entries/s"
+            )
         )
     if kafka is not None:
         ours, ceiling, sent = kafka
@@ -219,7 +301,7 @@ def _kafka(args: argparse.Namespace, dataset: Path, consume) -> tuple[dict, dict
             "bare confluent-kafka consumer", [*python(CEILING), brokers, "bench", str(count)]
         )
         ceiling_figures = _json(ceiling.output)
-        ours = consume("ours: Kafka topic end to end, CPU", url)
+        ours = consume("ours: Kafka topic end to end, CPU", url, max_events=count)
     return ours, ceiling_figures, _json(produced.output)
 
 

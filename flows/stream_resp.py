@@ -4,11 +4,13 @@ Pure logic without prefect. URLs: redis://host:port/db (TCP), rediss:// (TLS: ce
 host name checked with the system's trust store, or ``?ssl_ca_certs=PATH``, before anything
 is sent, so a password never goes out in plaintext), unix:///path.sock?db=N (unix socket).
 
-Why not redis-py: measured on the same XREADGROUP batches of 32,768 entries (200,000 entries
-of the real Redis on this machine, 2 shared cores, issue 20): redis-py 8.1 with hiredis 3.5
-(its C parser) read about 88 k entries/s into Python lists alone; this reader about 116 k
-entries/s all the way to numpy columns (redis-py's pure-Python parser: about 27 k). The Redis
-path must reach 100 k events/s end to end, so stream replies are read by
+Why not redis-py: the same XREADGROUP batches of 32,768 entries read into event columns, no
+sink, in the same run of bench/bench_stream_stats.py (500,000 entries of the real Redis on
+this machine, 2 shared cores; two runs on 2026-12-03): this reader 102 k and 201 k entries/s,
+redis-py 8.1 with hiredis 3.5 (its C parser; raw replies, no dict per entry) 67 k and 86 k;
+through redis-py's own XREADGROUP reply parsing (a dict per entry) about 21 k. redis-py reads
+below the 100 k events/s the Redis path must reach end to end before any aggregation (with
+this reader the path reached 126 k and 114 k in those runs), so stream replies are read by
 :meth:`RespConnection.read_entries`, which hands canonical entries to the numpy parser
 (flows.stream_resp_bulk), then tries a compiled regex, then parses entry by entry.
 """

@@ -70,7 +70,7 @@ class StreamState:
         except duckdb.IOException as exc:
             raise TerminalError(f"sink {self.sink}: cannot open ({exc})") from None
         if memory_mb:
-            self.db.execute(f"SET memory_limit = '{duckdb_limit(memory_mb)}'")
+            self.db.execute("SET memory_limit = ?", [duckdb_limit(memory_mb)])
         # One micro-batch's insert is far below what DuckDB splits across threads; a second
         # thread only adds wake-ups on these shared two-core machines.
         self.db.execute("SET threads = 1")

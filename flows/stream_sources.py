@@ -15,8 +15,9 @@ live in modules named for what they are:
   with a numpy fast path for entries written in the canonical field order (redis-py, even
   with hiredis, reads too slowly here: figures in flows.stream_resp); rediss:// is TLS with the
   certificate checked, unix:// a unix socket.
-* flows.stream_kafka: :class:`KafkaSource` reads a Kafka topic through a consumer group,
-  exactly once: partition offsets are committed in the sink with the windows they produced.
+* flows.stream_kafka: :class:`KafkaSource` assigns itself every partition of a Kafka topic at
+  the sink's offsets, exactly once: partition offsets are committed in the sink with the
+  windows they produced (the group's offsets in Kafka only show lag).
 * flows.stream_producer: ``python -m flows.stream_sources produce DATASET --redis URL --stream
   KEY --rate N`` (or ``--kafka kafka://host:port/TOPIC``) replays a dataset into a stream or
   topic at a given rate (events/s; 0 = as fast as possible).

@@ -100,3 +100,40 @@ def test_ml_features_train_and_evaluate_under_sql_looking_directories(evil_root,
     )
     assert metrics["rows"] > 0
     _no_injection(tmp_path)
+
+
+def test_stream_sink_memory_limit_is_a_bind_parameter(evil_root, tmp_path, monkeypatch):
+    """The sink's DuckDB memory_limit (from the task's cap) is bound, not pasted into SQL."""
+    import duckdb
+
+    from flows.stream_params import WindowSpec
+    from flows.stream_sink import StreamState
+
+    statements: list[tuple[str, object]] = []
+    connect = duckdb.connect
+
+    class Recording:
+        """The real connection; every statement's text and parameters noted."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            self.db = connect(*args, **kwargs)
+
+        def execute(self, sql, parameters=None):
+            statements.append((sql, parameters))
+            return self.db.execute(sql, parameters)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    monkeypatch.setattr(duckdb, "connect", Recording)
+    spec = WindowSpec(60_000, 60_000, 300_000, ("merchant_category", "channel"))
+    state = StreamState(evil_root / "sink.duckdb", spec, "embedded:x", memory_mb=123.4)
+    try:
+        limit = state.db.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    finally:
+        state.close()
+    assert limit == "123.0 MiB"  # applied: duckdb_limit rounds down to whole MiB
+    setting = [(sql, p) for sql, p in statements if "memory_limit" in sql and "SET" in sql]
+    assert setting == [("SET memory_limit = ?", ["123MiB"])]
+    assert not any("123MiB" in sql for sql, _ in statements)
+    _no_injection(tmp_path)
