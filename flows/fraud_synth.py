@@ -74,7 +74,7 @@ def _probe(storage: Storage) -> None:
         storage.makedirs()
         storage.exists("manifest.json")
     except OSError as exc:
-        raise ConnectionError(f"out: cannot reach {storage.url}: {exc}") from exc
+        raise ConnectionError(f"parameter out: cannot reach {storage.url}: {exc}") from exc
 
 
 @flow(name="generate-fraud-dataset", **FLOW_HOOKS)

@@ -362,7 +362,7 @@ def _files_by_pattern(
                 continue
             raise TransientDownloadError(f"HEAD {url}: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise TransientDownloadError(f"HEAD {url}: {exc}") from None
+            raise unreachable(url, exc) from None
         found.append(DailyFile(day, zone_type, daily_name(zone_type, day), url))
     return found
 
@@ -382,6 +382,15 @@ def _files_in_directory(root: Path, zone_type: str, days: list[date]) -> list[Da
 # Download
 
 
+def unreachable(url: str, exc: BaseException) -> TransientDownloadError:
+    """A host that does not answer (refused, unknown, timed out): named with the parameter
+    every URL comes from."""
+    parsed = urlparse(url)
+    host = f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+    reason = getattr(exc, "reason", None) or exc
+    return TransientDownloadError(f"parameter source: cannot reach {host} ({reason}): {url}")
+
+
 @contextlib.contextmanager
 def _open_url(url: str, timeout_s: float, method: str = "GET") -> Iterator[Any]:
     import urllib.error
@@ -397,7 +406,7 @@ def _open_url(url: str, timeout_s: float, method: str = "GET") -> Iterator[Any]:
             raise BadInput(f"{url}: HTTP {exc.code} {exc.reason}") from None
         raise TransientDownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise TransientDownloadError(f"{url}: {exc}") from None
+        raise unreachable(url, exc) from None
     with response:
         yield response
 

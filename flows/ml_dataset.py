@@ -20,7 +20,12 @@ def read_manifest(dataset: str) -> dict[str, Any]:
     if "://" not in dataset and not os.path.isdir(dataset):
         raise BadInput(f"dataset: {dataset!r} is not a directory")
     storage = open_storage(dataset)
-    manifest = storage.read_json("manifest.json")
+    try:
+        manifest = storage.read_json("manifest.json")
+    except OSError as exc:
+        if "://" not in dataset:
+            raise
+        raise ConnectionError(f"parameter dataset: cannot reach {storage.url}: {exc}") from exc
     if manifest is None:
         raise BadInput(f"dataset {dataset}: manifest.json is missing (not a fraud_synth output?)")
     files = manifest.get("files")

@@ -17,7 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import stream_stats_core as core
-from flows.params_base import data_root, signature_from
+from flows.params_base import data_root, is_url, signature_from
+from flows.stream_embedded import load_manifest
 from flows.stream_params import StreamParams
 from headroom import BadInput, Chunking
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
@@ -91,6 +92,9 @@ def stream_stats(
         keys=keys,
     )
     spec = params.spec()
+    if not is_url(params.source) and not load_manifest(params.source):
+        # A dataset is replayed, not waited on: with no file there is nothing to consume.
+        raise BadInput(f"parameter source: {params.source} lists no transaction files")
     logger = get_run_logger()
     chosen, why = resolve_backend(params.backend)
     logger.info("backend %s (%s)", chosen, why)

@@ -8,7 +8,8 @@ oom-drill deployment once (small), then has headless Chromium take:
 - ``run-form.png``: the fraud-synth-weekly deployment's custom-run form;
 - ``memory-report.png``: the oom-drill run's memory-report artifact;
 
-and stops serve. Needs Chromium (Debian: ``apt-get install -y chromium``).
+and stops serve. Needs Chromium (Debian: ``apt-get install -y chromium``), driven over the
+DevTools protocol. ``--with-text`` also writes the text each page shows (for the test).
 """
 
 from __future__ import annotations
@@ -51,14 +52,65 @@ def chromium() -> str:
     sys.exit("no Chromium found: apt-get install -y chromium")
 
 
-def screenshot(url: str, target: Path, size: str, scratch: Path) -> None:
-    """One page, after its scripts had time to render it, into ``target``."""
+def screenshot(url: str, target: Path, size: str, scratch: Path, ready_text: str) -> str:
+    """One page into ``target``, once it shows ``ready_text`` and its fade-in is over; returns
+    the text the page shows.
+
+    Driven over the DevTools protocol: Chromium's own ``--screenshot`` fires on a virtual
+    clock, which caught the UI's fade-in half-way (a dimmed page) on one run in two.
+    """
+    import base64
+    import json
+
+    from websockets.sync.client import connect
+
     profile = Path(tempfile.mkdtemp(dir=scratch, prefix="chromium-"))
+    width, height = (int(n) for n in size.split(","))
     argv = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-    argv += [f"--window-size={size}", "--virtual-time-budget=20000"]
-    argv += [f"--screenshot={target}", url]
-    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    argv += [f"--window-size={width},{height}", "--remote-debugging-port=0", "about:blank"]
+    browser = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert browser.stderr is not None
+        for line in browser.stderr:
+            if line.startswith("DevTools listening on "):
+                port = line.split("127.0.0.1:", 1)[1].split("/", 1)[0]
+                break
+        else:
+            sys.exit("Chromium did not open its DevTools port")
+        (page,) = [
+            t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"
+        ]
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            calls = iter(range(1, 1_000_000))
+
+            def call(method: str, **params: object) -> dict:
+                number = next(calls)
+                ws.send(json.dumps({"id": number, "method": method, "params": params}))
+                while True:
+                    reply = json.loads(ws.recv(timeout=60))
+                    if reply.get("id") == number:
+                        if "error" in reply:
+                            raise RuntimeError(f"{method}: {reply['error']}")
+                        return reply["result"]
+
+            call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                 deviceScaleFactor=1, mobile=False)  # fmt: skip
+            call("Page.navigate", url=url)
+            deadline = time.monotonic() + 90
+            check = f"document.body && document.body.innerText.includes({json.dumps(ready_text)})"
+            while not call("Runtime.evaluate", expression=check)["result"].get("value"):
+                if time.monotonic() > deadline:
+                    sys.exit(f"{url} never showed {ready_text!r}")
+                time.sleep(0.5)
+            time.sleep(3)  # the UI fades pages in; real time, not the virtual clock
+            shot = call("Page.captureScreenshot", format="png")
+            text = call("Runtime.evaluate", expression="document.body.innerText")["result"]
+        target.write_bytes(base64.b64decode(shot["data"]))
+    finally:
+        browser.terminate()
+        browser.wait(30)
     print(f"{target} <- {url}")
+    return str(text.get("value", ""))
 
 
 def start_serve(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
@@ -83,6 +135,17 @@ def start_serve(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
     return process, output
 
 
+def wait_for_the_worker(api: str, timeout_s: float = 120) -> None:
+    """Until the worker has polled its queue (the form's header shows it ready, not red)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        queue = httpx.get(f"{api}/work_pools/headroom-process/queues/default")
+        if queue.is_success and queue.json().get("status") == "READY":
+            return
+        time.sleep(1)
+    sys.exit("the worker never polled its queue")
+
+
 def deployment_id(api: str, name: str) -> str:
     body = {"deployments": {"name": {"any_": [name]}}}
     (record,) = httpx.post(f"{api}/deployments/filter", json=body).raise_for_status().json()
@@ -103,6 +166,9 @@ def memory_report_id(api: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    parser.add_argument(
+        "--with-text", action="store_true", help="also write the text each page shows (NAME.txt)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="headroom-shots-") as scratch:
@@ -110,24 +176,31 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
         process, _ = start_serve(home, port)
+        shown: dict[str, str] = {}
         try:
+            wait_for_the_worker(api)
             fraud = deployment_id(api, "fraud-synth-weekly")
-            screenshot(
+            shown["run-form"] = screenshot(
                 f"{ui}/deployments/deployment/{fraud}/run",
                 args.out / "run-form.png",
-                "1280,1900",
+                "1280,2150",
                 home,
+                ready_text="chunk_scale",
             )
             report = memory_report_id(api)
-            screenshot(
+            shown["memory-report"] = screenshot(
                 f"{ui}/artifacts/artifact/{report}",
                 args.out / "memory-report.png",
                 "1280,1100",
                 home,
+                ready_text="Show raw data",
             )
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
+    if args.with_text:
+        for name, text in shown.items():
+            (args.out / f"{name}.txt").write_text(text)
     return 0
 
 

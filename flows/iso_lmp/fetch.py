@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from flows.iso_lmp import iso_format
 from flows.iso_lmp.base import Market, local_day_hours
@@ -94,6 +95,19 @@ def download(url: str, destination: Path, headers: dict[str, str], timeout_s: fl
     return written
 
 
+def unreachable(url: str, exc: BaseException, iso: str, source: str | None) -> ConnectionError:
+    """The error of a host that does not answer, naming the host and the parameter."""
+    parsed = urlparse(url)
+    host = f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+    reason = getattr(exc, "reason", None) or exc
+    if source:
+        return ConnectionError(f"parameter source: cannot reach {host} ({reason})")
+    return ConnectionError(
+        f"parameter source: not given, and {iso}'s public endpoint {host} cannot be reached "
+        f"({reason}); a mirror can be given as source"
+    )
+
+
 def fetch_range(
     iso: str,
     markets: list[str] | None,
@@ -135,7 +149,8 @@ def fetch_range(
                 else:
                     report["failed"].append(f"{name}: HTTP {exc.code}")
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                report["failed"].append(f"{name}: {exc}")
+                # The host does not answer: every other file of it would fail the same way.
+                raise unreachable(url, exc, fmt.iso_id, source) from None
     log.info(
         "%s: %d downloaded, %d present, %d missing, %d failed",
         fmt.iso_id,

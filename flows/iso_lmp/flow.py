@@ -113,17 +113,22 @@ def convert_iso_lmp(
     # A full or read-only disk is the machine's fault: said once, before any file is read.
     check_writable(staging, params.out)
     if params.fetch:
-        for report in [
-            fetch_task(
+        for i in params.iso:
+            state = fetch_task(
                 i,
                 [m.value for m in params.markets_of(i)],
                 params.start.isoformat(),
                 params.end.isoformat(),
                 params.raw,
                 params.source,
+                return_state=True,
             )
-            for i in params.iso
-        ]:
+            report = state.result(raise_on_failure=False)
+            if isinstance(report, BaseException):
+                if params.source:
+                    raise report  # the mirror does not answer: no ISO can be fetched
+                failures.append((f"{i} downloads", str(report)))  # one ISO's endpoint is down
+                continue
             failures += [(f, "download failed") for f in report["failed"]]
             for name in report["missing"]:
                 logger.warning("%s: not published (yet): %s", report["iso"], name)

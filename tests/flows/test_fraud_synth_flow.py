@@ -117,7 +117,9 @@ def test_other_dataset_in_out_and_unreachable_storage(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     state = generate_fraud_dataset(out="s3://nowhere/fraud", return_state=True, **COMMON)
     assert state.is_failed()
-    assert "cannot reach s3://nowhere/fraud" in str(state.result(raise_on_failure=False))
+    message = str(state.result(raise_on_failure=False))
+    assert "parameter out: cannot reach s3://nowhere/fraud" in message
+    assert "127.0.0.1:9" in message  # the host that does not answer
 
 
 def test_demo(tmp_path: Path) -> None:

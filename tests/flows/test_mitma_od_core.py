@@ -350,3 +350,17 @@ def test_a_bronze_table_with_text_columns_from_an_earlier_version_keeps_loading(
     ).fetchone()
     con.close()
     assert (count, kinds) == (50, ["VARCHAR"])
+
+
+@pytest.mark.parametrize("path", ["/RSS.xml", "/"])
+def test_a_source_that_does_not_answer_names_host_and_parameter(path, tmp_path):
+    from deployments.production.throwaway import free_port
+
+    port = free_port()  # nothing listens there: the RSS feed, then the URL pattern
+    with pytest.raises(core.TransientDownloadError) as caught:
+        core.discover(f"http://127.0.0.1:{port}{path}", "distritos", [DAY], timeout_s=5)
+    message = str(caught.value)
+    assert message.startswith(f"parameter source: cannot reach 127.0.0.1:{port} ("), message
+    assert isinstance(caught.value, ConnectionError)  # retried as transient by the flow
+    with pytest.raises(core.TransientDownloadError, match=rf"^parameter source: .*:{port} \("):
+        core.download_file(f"http://127.0.0.1:{port}/f.csv.gz", str(tmp_path / "f.csv.gz"))

@@ -114,3 +114,18 @@ def test_a_failed_health_check_stops_the_run_naming_what_is_missing(tmp_path):
     states = _task_states("ml-unhealthy")
     assert states == {"check-fraud-dataset": "Failed"}
     assert not (tmp_path / "registry" / "fraud-model").exists()
+
+
+def test_a_dataset_store_that_does_not_answer_names_host_and_parameter(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    state = train_fraud_model(
+        dataset="s3://nowhere/fraud", out=str(tmp_path / "registry"), return_state=True
+    )
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "parameter dataset: cannot reach s3://nowhere/fraud" in message, message
+    assert "127.0.0.1:9" in message, message
+    assert not (tmp_path / "registry" / "fraud-model").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prefect.client.orchestration import get_client
 
@@ -50,3 +52,17 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
     assert state.is_failed()
     assert "window" in state.message or "slide" in state.message
     assert not (tmp_path / "s.duckdb").exists()
+
+
+def test_a_dataset_without_transaction_files_fails_the_run_saying_so(tmp_path):
+    sink = tmp_path / "s.duckdb"
+    state = stream_stats(source=str(tmp_path), sink=str(sink), return_state=True)
+    assert state.is_failed()
+    assert f"BadInput: parameter source: {tmp_path} has no manifest.json" in state.message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.json").write_text(json.dumps({"files": []}))
+    state = stream_stats(source=str(empty), sink=str(sink), return_state=True)
+    assert state.is_failed()
+    assert f"BadInput: parameter source: {empty} lists no transaction files" in state.message
+    assert not sink.exists()  # failed before the sink was touched

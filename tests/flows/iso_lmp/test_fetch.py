@@ -6,6 +6,8 @@ import http.server
 import threading
 from datetime import timedelta
 
+import pytest
+
 from flows.iso_lmp import fetch, samples
 from flows.iso_lmp.base import Market
 
@@ -86,3 +88,17 @@ def test_public_endpoints_cover_the_local_day():
     assert fetch.file_url("MISO", Market.DAY_AHEAD_HOURLY, samples.FALL_BACK).endswith(
         "/20231105_da_expost_lmp.csv"
     )
+
+
+def test_a_mirror_that_does_not_answer_names_host_and_parameter(tmp_path):
+    from deployments.production.throwaway import free_port
+
+    port = free_port()  # nothing listens there
+    source = f"http://127.0.0.1:{port}"
+    day = samples.ORDINARY.isoformat()
+    with pytest.raises(ConnectionError) as caught:
+        fetch.fetch_range("MISO", None, day, day, str(tmp_path / "raw"), source=source)
+    message = str(caught.value)
+    assert message.startswith(f"parameter source: cannot reach 127.0.0.1:{port} ("), message
+    assert "refused" in message.lower(), message
+    assert not list((tmp_path / "raw").rglob("*.*"))  # nothing half-written

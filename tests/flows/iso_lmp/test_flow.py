@@ -77,3 +77,22 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
             out=str(tmp_path / "o"),
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_a_mirror_that_does_not_answer_fails_the_run_naming_host_and_parameter(tmp_path):
+    from deployments.production.throwaway import free_port
+
+    port = free_port()  # nothing listens there
+    state = convert_iso_lmp(
+        iso=["MISO", "ERCOT"],
+        start=samples.ORDINARY,
+        end=samples.ORDINARY,
+        raw=str(tmp_path / "raw"),
+        out=str(tmp_path / "out"),
+        fetch=True,
+        source=f"http://127.0.0.1:{port}",
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert f"parameter source: cannot reach 127.0.0.1:{port} (" in state.message, state.message
+    assert not list((tmp_path / "out").rglob("*.parquet"))  # nothing published
