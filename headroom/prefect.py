@@ -32,6 +32,7 @@ from headroom.errors import (
     OutOfMemory,
     OutputUnavailable,
     TerminalError,
+    classify_oom,
     is_terminal,
 )
 from headroom.guard import callable_path, guarded_call
@@ -392,13 +393,13 @@ def cpu_slots(threads: int | None):
 
 def _run_in_process(spec: BudgetedSpec, kwargs: dict[str, Any], cap: float) -> Any:
     """Run the body here (GPU tasks keep one CUDA context); classify allocator/CUDA OOMs."""
-    from headroom._child import oom_kind
-
     module_name, _, qualname = spec.target.partition(":")
     try:
         return _import(module_name, qualname)(**kwargs)
+    except OutOfMemory:
+        raise
     except Exception as exc:
-        kind = oom_kind(exc)
+        kind = classify_oom(exc)
         if kind:
             raise OutOfMemory(kind, cap, None, detail=str(exc)[:500]) from exc
         raise

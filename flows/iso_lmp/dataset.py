@@ -42,8 +42,7 @@ from flows.iso_lmp.base import (
     canonical_schema,
 )
 from flows.iso_lmp.onepass import OnePass
-from headroom._child import oom_kind
-from headroom.errors import BadInput, output_fault
+from headroom.errors import BadInput, classify_oom, output_fault
 from headroom.guard import duckdb_share
 
 if TYPE_CHECKING:
@@ -143,7 +142,7 @@ def convert_files(
                 log.warning("%s: %s", name, exc)
                 result = {"file": name, "error": str(exc)}
             except Exception as exc:  # a failure no parser foresaw is still this file's alone
-                if oom_kind(exc):
+                if classify_oom(exc):
                     raise  # the guard's business: an OOM is retried with a smaller chunk
                 log.warning("%s: unexpected %s: %s", name, type(exc).__name__, exc)
                 result = {"file": name, "error": f"{Path(name).name}: {type(exc).__name__}: {exc}"}
