@@ -37,7 +37,7 @@ from headroom.errors import (
 )
 from headroom.guard import callable_path, guarded_call
 from headroom.history import History
-from headroom.limits import Limits, memory_limit_name
+from headroom.limits import Limits, memory_limit_name, setup_hint
 from headroom.report import Attempt, attempts_key, memory_report, record_attempt
 
 ChunkScale = Annotated[
@@ -82,7 +82,7 @@ class BudgetedSpec:
 def _budget_block() -> Any:
     """The saved memory-budget block, or None (none saved, or no server to ask)."""
     try:
-        from blocks.memory_budget import load_budget_block
+        from headroom.blocks import load_budget_block
 
         return load_budget_block()
     except Exception:
@@ -473,8 +473,7 @@ def _server_host_limit(limits: Limits, budget: Budget) -> float:
             limit = client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
             raise TerminalError(
-                f"the memory limit {name!r} does not exist on this Prefect server: run "
-                "`python -m deployments.setup` on this host first"
+                f"the memory limit {name!r} does not exist on this Prefect server: {setup_hint()}"
             ) from None
     _host_limit_cache[name] = (time.monotonic(), limit)
     return float(limit)
