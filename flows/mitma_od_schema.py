@@ -65,10 +65,10 @@ LOADS_TABLE = "mitma_loads"
 SILVER_VIEW = "silver_od_hourly"
 ZONE_TYPE_ENUM = f"ENUM({', '.join(repr(z) for z in ZONE_TYPES)})"
 # Bronze keeps each published domain as the ENUM it is staged with (queries read them as text:
-# `sexo = 'mujer'`, LIKE, ||, and a value outside the domain simply matches nothing). A one-byte
-# code costs a fraction of a short string to store: on a 2 M-row day the insert fell from about
-# 2.45 to 2.0 CPU-s. A bronze table an earlier version created with text columns keeps them;
-# the same insert fills either. Zone ids and the province of residence stay text.
+# `sexo = 'mujer'`, LIKE, ||, and a value outside the domain simply matches nothing): a one-byte
+# code is cheaper to store and insert than a short string. A bronze table created with text
+# columns keeps them; the same insert fills either. Zone ids and the province of residence
+# stay text.
 BRONZE_TYPES = {
     **CSV_TYPES,
     "periodo": "TINYINT",

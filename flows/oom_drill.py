@@ -15,7 +15,7 @@ from headroom.prefect import FLOW_HOOKS, ChunkScale, MaxWorkers, budgeted_task, 
 checksum_part = budgeted_task(
     oom_drill_body.checksum_rows,
     tag="fraud-gen",
-    # 600,000 rows of 1 KiB is ~590 MiB: deliberately more than the 400 MiB cap of fraud-gen.
+    # 600,000 rows of 1 KiB is ~590 MiB: deliberately more than fraud-gen's cap (limits.toml).
     chunk=Chunking("rows_per_chunk", default=600_000, floor=2_000),
     input_bytes=lambda kw: kw["rows"] * kw.get("bytes_per_row", 1024),
     name="checksum-part",

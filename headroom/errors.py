@@ -141,7 +141,6 @@ _GPU_OOM_TYPES = {
     "torch.cuda.OutOfMemoryError",
     "torch.OutOfMemoryError",
     "rmm._lib.memory_resource.OutOfMemoryError",
-    "MemoryError_rmm",
 }
 _GPU_OOM_TEXT = ("out of memory", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY")
 _ALLOCATOR_OOM_TYPES = {

@@ -310,10 +310,4 @@ def duckdb_share(fraction: float = 0.4, default_mb: float = 256.0, floor_mb: flo
     return duckdb_limit(max(floor_mb, cap * fraction) if cap else default_mb)
 
 
-def memory_of(pid: int) -> float:
-    """RssAnon + RssShmem of one process in MiB (0 if it is gone)."""
-    fields = proctree.status_kb(pid)
-    return (fields.get("RssAnon", 0) + fields.get("RssShmem", 0)) / 1024
-
-
 __all__ = ["GuardResult", "run_guarded", "run_guarded_measured", "callable_path", "MIB"]

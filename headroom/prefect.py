@@ -371,8 +371,7 @@ _cpu_busy = [0]
 def cpu_slots(threads: int | None):
     """Hold ``threads`` of this process's cores (all of them at most) for a CPU-bound body;
     a no-op for ``None``. A body that never waits on I/O gains nothing from running beside
-    more of its kind than there are cores, and pays for it: 8 MITMA staging days at once on 2
-    cores cost 3.51 CPU-s a day, 2 at once 2.96-3.24."""
+    more of its kind than there are cores, and pays for it in CPU time per item."""
     if not threads:
         yield
         return

@@ -78,7 +78,6 @@ CANONICAL_COLUMNS = (
     "congestion",
     "loss",
 )
-STAGING_COLUMNS = ("_line", "_revision")
 TEXT_COLUMNS = ("iso", "market", "location", "location_type")
 """The repetitive text columns: the only ones worth a Parquet dictionary."""
 PUBLISHED_PARQUET: dict[str, Any] = {

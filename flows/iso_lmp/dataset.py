@@ -251,10 +251,6 @@ def _read_marker(directory: Path) -> dict[str, Any] | None:
         return None
 
 
-def _months(directory: Path) -> list[str]:
-    return [p.stem for p in directory.glob("*.parquet")]
-
-
 def _starts_us(table: pa.Table) -> np.ndarray:
     """The chunk's interval starts as int64 microseconds (its canonical unit), converted once."""
     import pyarrow as pa
@@ -455,11 +451,6 @@ def partition_path(iso: str, market: str, month: str) -> str:
     """The relative directory of an (iso, market, UTC month) partition."""
     year, number = month.split("-")
     return f"iso={iso}/market={market}/year={year}/month={number}"
-
-
-def staged_parts(staging: str, iso: str, market: str, month: str) -> list[tuple[Path, int, str]]:
-    """(part, modification time of its raw file, raw file name) of every staged file."""
-    return [(p, int(m["mtime_ns"]), m["file"]) for p, m in _staged(staging, iso, market, month)]
 
 
 def _staged(staging: str, iso: str, market: str, month: str) -> list[tuple[Path, dict]]:
