@@ -2,7 +2,7 @@
 
 Started ahead of need as ``python -m headroom._child --wait MODULE`` (see headroom.spare): it
 imports MODULE, then waits on stdin for its call. Or forked, one per call, by a fork server,
-``python -m headroom._child --fork-server MODULE FD`` (see headroom.zygote). Imports nothing
+``python -m headroom._child --fork-server MODULE FD`` (see headroom.forkserver). Imports nothing
 heavy itself, so start-up costs only what the guarded function's own module imports.
 """
 
@@ -132,7 +132,7 @@ def main(call_file: str, result_file: str) -> None:
 
 
 def serve_forks(module_name: str, control_fd: int) -> None:
-    """A fork server (headroom.zygote): import the module, then fork one child per call read
+    """A fork server (headroom.forkserver): import the module, then fork one child per call read
     from stdin and report on ``control_fd`` each child's pid and, once reaped, its exit status.
     Says ``nofork`` and exits when the import left other threads (a fork would lose them)."""
     import json

@@ -194,7 +194,7 @@ def budgeted_task(
         tags=[tag, *extra_tags],
         retries=oom_retries + retries,
         retry_delay_seconds=retry_delay_s,
-        retry_condition_fn=retry_only_oom,
+        retry_condition_fn=retry_oom_or_transient,
         cache_policy=NO_CACHE,
         persist_result=False,
     )
@@ -209,7 +209,7 @@ class _TaskRun:
     logger: Any
 
 
-def retry_only_oom(task: Any, task_run: Any, state: Any) -> bool:
+def retry_oom_or_transient(task: Any, task_run: Any, state: Any) -> bool:
     """``retry_condition_fn`` of a budgeted task: retry when its run's last attempt left a retry
     due (see headroom.attempts). Top level, so a task pickled for a Dask worker names it."""
     return _open_logs.is_open(str(task_run.id))
