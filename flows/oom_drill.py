@@ -10,7 +10,14 @@ from pydantic import Field
 from flows import oom_drill_body
 from flows.params_base import FlowParams, signature_from
 from headroom import Chunking, History
-from headroom.prefect import FLOW_HOOKS, ChunkScale, MaxWorkers, budgeted_task, map_bounded
+from headroom.prefect import (
+    FLOW_HOOKS,
+    ChunkScale,
+    MaxWorkers,
+    budgeted_task,
+    map_bounded,
+    raise_failures,
+)
 
 checksum_part = budgeted_task(
     oom_drill_body.checksum_rows,
@@ -50,9 +57,7 @@ def oom_drill(
         max_workers=max_workers,
         chunk_scale=chunk_scale,
     )
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        raise failed[0].error  # type: ignore[misc]
+    raise_failures(outcomes, "drill parts", lambda item: f"part {item['part']}")
     values = [o.value for o in outcomes]
     get_run_logger().info("checksums: %s", ", ".join(v["sha256"] for v in values))
     return values
