@@ -15,8 +15,8 @@ import time
 from bench.bodies import allocate_numpy, noop
 from bench.common import ROOT, table, write_section
 from headroom import OutOfMemory, run_guarded_measured
+from headroom.forkserver import ENV_FORK
 from headroom.spare import ENV_SPARE
-from headroom.zygote import ENV_FORK
 
 CALLS = 10
 
@@ -121,7 +121,7 @@ def main() -> None:
             "while the previous call runs and has imported the body's module by the next call; "
             "the first call of a process, and every call with `HEADROOM_SPARE_CHILD=0`, starts "
             "a fresh child. A body module whose import leaves the process single-threaded gets a "
-            "fork server instead (`HEADROOM_FORK_CHILDREN=0` turns it off): each call's child is "
+            "fork server instead (`HEADROOM_FORK_SERVERS=0` turns it off): each call's child is "
             "forked from a process that already imported the module. Calls run in a fresh "
             "process each way, 0.5 s apart; CPU per call = the process tree's CPU seconds "
             f"(rusage) of {CALLS} calls less those of 1, over {CALLS - 1}.",

@@ -65,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, module_name in WORKLOADS:
         if args.only and name not in args.only:
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that workload has not landed yet
-            raise
+        module = importlib.import_module(module_name)
         step = time.monotonic()
         try:
             summary = module.demo(workdir / name)

@@ -91,7 +91,7 @@ def record_gpu_share(limits: Limits | None = None) -> float | None:
 
 def setup() -> dict[str, object]:
     """Everything, in order; returns what was applied."""
-    from blocks.registry import register_blocks
+    from headroom.blocks import register_blocks
 
     plan = apply_limits()
     ensure_work_pool()

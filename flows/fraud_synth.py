@@ -31,11 +31,10 @@ from headroom.prefect import (
 )
 from headroom.storage import Storage
 
-# A block's columns and its Arrow batch, the writer's page buffers and the row group being
-# assembled: about 150 bytes per buffered row above a ~90 MiB base (measured peaks); the
-# estimate keeps a margin. Two blocks a row group: rows per CPU-second are flat from one
-# block to 16 while each writer's peak grows with the chunk (131 vs 152 MiB at 2 and 4
-# blocks, 250 MiB at the 1.1 M rows history picked before the ceiling).
+# A buffered row holds a block's columns and its Arrow batch, the writer's page buffers and
+# the row group being assembled; bytes_per_row over-estimates that to keep a margin. The
+# ceiling is two blocks a row group: throughput does not grow with bigger row groups, while
+# each writer's peak does (bench/bench_fraud_synth.py measures the writer).
 write_part = budgeted_task(
     gen.write_transaction_file,
     tag="fraud-gen",

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import fields
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from flows.fraud_synth_spec import DatasetSpec
 from flows.fraud_synth_world import Windows, World, build_world
+from headroom.storage import publishing
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ def cached_world(spec: DatasetSpec, key: str, root: Path | None = None) -> World
 
 
 def _save(world: World, root: Path, key: str) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    temporary = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
-    try:
+    # Another writer may save the same world first: theirs is kept (it is the same world).
+    with publishing(root / key, directory=True, replace=False) as temporary:
         meta: dict = {"format": FORMAT, "spec": world.spec.to_dict(), "values": {}}
         for item in fields(World):
             value = getattr(world, item.name)
@@ -75,13 +73,6 @@ def _save(world: World, root: Path, key: str) -> None:
             elif item.name != "spec":
                 meta["values"][item.name] = value
         (temporary / META).write_text(json.dumps(meta))
-        try:
-            os.rename(temporary, root / key)
-        except OSError:  # another writer saved it first: theirs is the same world
-            shutil.rmtree(temporary, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     _evict(root, keep=key)
 
 

@@ -53,13 +53,11 @@ from flows.mitma_od_schema import (
     ZONE_TYPES,
     ZoneType,
     identifier,
-    published,
-    temporary_name,
 )
 from flows.mitma_od_schema import check_zone_type as _check_zone_type
 from flows.params_base import FlowParams, checks_inputs, is_url, problem, under_root
 from headroom.errors import BadInput, output_fault
-from headroom.storage import TMP_MARK
+from headroom.storage import TMP_MARK, publishing
 
 __all__ = [
     "MIN_REPLACE_SHARE",
@@ -95,8 +93,6 @@ __all__ = [
     "loaded_days",
     "remove_stale_temporaries",
     "stage_day",
-    "published",
-    "temporary_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -426,7 +422,7 @@ def download_file(url: str, destination: str, timeout_s: float = 60.0) -> dict[s
             return {"path": str(final), "bytes": expected, "skipped": True, "seconds": 0.0}
         written = 0
         try:
-            with published(final) as temporary, temporary.open("wb") as out:
+            with publishing(final) as temporary, temporary.open("wb") as out:
                 while block := response.read(_BLOCK_BYTES):
                     out.write(block)
                     written += len(block)

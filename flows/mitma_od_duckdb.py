@@ -2,7 +2,7 @@
 
 Runs in guarded children, so it imports only DuckDB, the schema and headroom's light modules
 (no pydantic models, no HTTP). DuckDB is imported here, not in each function: the module's
-fork server (headroom.zygote) then holds it, and no child pays its 0.15 CPU-s import again.
+fork server (headroom.forkserver) then holds it, and no child pays its 0.15 CPU-s import again.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from flows.mitma_od_schema import (
     STAGE_EXPRESSIONS,
     check_zone_type,
     identifier,
-    published,
 )
 from headroom.budget import usable_cores
 from headroom.errors import BadInput, OutputUnavailable, output_fault
+from headroom.storage import publishing
 from headroom.units import duckdb_limit
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def stage_day(
     started = time.monotonic()
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        with _scratch_dir(temp_root) as scratch, published(final) as temporary:
+        with _scratch_dir(temp_root) as scratch, publishing(final) as temporary:
             con = _connect(":memory:", cap_mb, scratch, STAGE_MIB_PER_THREAD)
             try:
                 rows = _copy_day(con, raw_path, str(temporary), the_day, cap_mb, rows_per_group)
@@ -279,7 +279,7 @@ def _data_lines(path: str) -> int:
 def _write_rejects(con: Any, source_file: str, rejects: Path, day: date) -> None:
     """One line per rejected row: its line number, bad columns and errors, and its text."""
     rejects.parent.mkdir(parents=True, exist_ok=True)
-    with published(rejects) as temporary:
+    with publishing(rejects) as temporary:
         con.execute(
             """COPY (
                 SELECT $file AS file, line,

@@ -20,7 +20,8 @@ from decimal import Decimal
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from flows.mitma_od_core import COLUMNS, ZONE_TYPES, daily_name, daily_relpath, published
+from flows.mitma_od_core import COLUMNS, ZONE_TYPES, daily_name, daily_relpath
+from headroom.storage import publishing
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def write_day(
     bad_lines = tuple(after + i + 2 for i, after in enumerate(bad_after))
     trips = km = 0
     options = pacsv.WriteOptions(include_header=False, delimiter="|", quoting_style="none")
-    with published(final) as temporary:
+    with publishing(final) as temporary:
         with (
             temporary.open("wb") as handle,
             gzip.GzipFile(
@@ -353,7 +354,7 @@ def write_rss(
         + "\n</channel>\n</rss>\n"
     )
     path = Path(root) / name
-    with published(path) as temporary:
+    with publishing(path) as temporary:
         temporary.write_text(feed, encoding="utf-8")
     return path
 

@@ -5,16 +5,10 @@ Imported by the guarded staging and loading children, so it imports nothing heav
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Literal
 
 from headroom.errors import BadInput
-from headroom.storage import TMP_MARK
 
 ZONE_TYPES = ("distritos", "municipios", "GAU")
 ZoneType = Literal["distritos", "municipios", "GAU"]
@@ -65,10 +59,10 @@ LOADS_TABLE = "mitma_loads"
 SILVER_VIEW = "silver_od_hourly"
 ZONE_TYPE_ENUM = f"ENUM({', '.join(repr(z) for z in ZONE_TYPES)})"
 # Bronze keeps each published domain as the ENUM it is staged with (queries read them as text:
-# `sexo = 'mujer'`, LIKE, ||, and a value outside the domain simply matches nothing). A one-byte
-# code costs a fraction of a short string to store: on a 2 M-row day the insert fell from about
-# 2.45 to 2.0 CPU-s. A bronze table an earlier version created with text columns keeps them;
-# the same insert fills either. Zone ids and the province of residence stay text.
+# `sexo = 'mujer'`, LIKE, ||, and a value outside the domain simply matches nothing): a one-byte
+# code is cheaper to store and insert than a short string. A bronze table created with text
+# columns keeps them; the same insert fills either. Zone ids and the province of residence
+# stay text.
 BRONZE_TYPES = {
     **CSV_TYPES,
     "periodo": "TINYINT",
@@ -99,22 +93,3 @@ def check_zone_type(zone_type: str) -> None:
     """Raise BadInput unless ``zone_type`` is a published zone type."""
     if zone_type not in ZONE_TYPES:
         raise BadInput(f"zone_type: expected one of {', '.join(ZONE_TYPES)}, got {zone_type!r}")
-
-
-@contextmanager
-def published(final: Path) -> Iterator[Path]:
-    """A temporary path (see :func:`temporary_name`) renamed onto ``final`` when the block
-    succeeds and removed when it fails: ``final`` is the old file or the whole new one."""
-    temporary = temporary_name(final)
-    try:
-        yield temporary
-        os.replace(temporary, final)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def temporary_name(final: Path) -> Path:
-    """A sibling temporary path for ``final``; names the writing process so that the next run
-    can tell the leftovers of a killed writer from the files of a live one."""
-    return final.with_name(f"{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}")

@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from flows.ml_core import FEATURES, HOUR_MS, LOOKBACK_MS, NIGHT_HOURS, to_ms
 from flows.ml_dataset import ordered_files, read_manifest
 from headroom.errors import BadInput
 from headroom.guard import current_cap_mb
-from headroom.storage import TMP_MARK, open_storage
+from headroom.storage import open_storage, publishing
 from headroom.units import duckdb_limit
 
 log = logging.getLogger(__name__)
@@ -174,9 +173,32 @@ def build_features(
     files = ordered_files(read_manifest(str(root)))
     paths = {f["path"]: str((root / f["path"]).resolve()) for f in files}
     final = Path(features_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    building = final.with_name(f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{final.name}")
-    building.mkdir()
+    # Old features step aside before the new ones take the name: nothing ever finds a
+    # half-written set under it, only a complete one or, between the two renames, none,
+    # which the step's output check treats as "not built yet".
+    with publishing(final, directory=True) as building:
+        rows, parts = _write_parts(building, root, files, paths, rows_per_batch, cap)
+        summary = {
+            "features_dir": str(final),
+            "rows": rows,
+            "parts": parts,
+            "features": list(FEATURES),
+            "rows_per_batch": rows_per_batch,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        open_storage(building).write_json("_features.json", summary)
+    return summary
+
+
+def _write_parts(
+    building: Path,
+    root: Path,
+    files: list[dict[str, Any]],
+    paths: dict[str, str],
+    rows_per_batch: int,
+    cap: float,
+) -> tuple[int, int]:
+    """Write the feature parts into ``building``, batch by batch; (rows, parts)."""
     scratch = building / ".duckdb"
     con = connect_duckdb(cap, str(scratch / "spill"), str(scratch / "work.duckdb"))
     try:
@@ -235,24 +257,7 @@ def build_features(
     finally:
         con.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    summary = {
-        "features_dir": str(final),
-        "rows": rows,
-        "parts": len(batches),
-        "features": list(FEATURES),
-        "rows_per_batch": rows_per_batch,
-        "seconds": round(time.monotonic() - started, 2),
-    }
-    open_storage(building).write_json("_features.json", summary)
-    # Old features step aside (a rename) before the new ones take the name (another): nothing
-    # ever finds a half-deleted or half-written set under it, only a complete one or, between
-    # the two renames, none, which the step's output check treats as "not built yet".
-    retired = final.with_name(f".retired-{uuid.uuid4().hex[:8]}-{final.name}")
-    if final.exists():
-        os.replace(final, retired)
-    os.replace(building, final)
-    shutil.rmtree(retired, ignore_errors=True)
-    return summary
+    return rows, len(batches)
 
 
 def build_features_task(

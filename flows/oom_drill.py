@@ -10,12 +10,19 @@ from pydantic import Field
 from flows import oom_drill_body
 from flows.params_base import FlowParams, signature_from
 from headroom import Chunking, History
-from headroom.prefect import FLOW_HOOKS, ChunkScale, MaxWorkers, budgeted_task, map_bounded
+from headroom.prefect import (
+    FLOW_HOOKS,
+    ChunkScale,
+    MaxWorkers,
+    budgeted_task,
+    map_bounded,
+    raise_failures,
+)
 
 checksum_part = budgeted_task(
     oom_drill_body.checksum_rows,
     tag="fraud-gen",
-    # 600,000 rows of 1 KiB is ~590 MiB: deliberately more than the 400 MiB cap of fraud-gen.
+    # 600,000 rows of 1 KiB is ~590 MiB: deliberately more than fraud-gen's cap (limits.toml).
     chunk=Chunking("rows_per_chunk", default=600_000, floor=2_000),
     input_bytes=lambda kw: kw["rows"] * kw.get("bytes_per_row", 1024),
     name="checksum-part",
@@ -50,9 +57,7 @@ def oom_drill(
         max_workers=max_workers,
         chunk_scale=chunk_scale,
     )
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        raise failed[0].error  # type: ignore[misc]
+    raise_failures(outcomes, "drill parts", lambda item: f"part {item['part']}")
     values = [o.value for o in outcomes]
     get_run_logger().info("checksums: %s", ", ".join(v["sha256"] for v in values))
     return values

@@ -33,10 +33,6 @@ class RespError(Exception):
     """An error reply from Redis."""
 
 
-class _Incomplete(Exception):
-    pass
-
-
 def _encode_command(*args: Any) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:

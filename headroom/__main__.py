@@ -11,7 +11,7 @@ from headroom.budget import Budget
 from headroom.limits import Limits, memory_limit_name
 from headroom.units import format_mib
 
-# The tag of tasks that hold a GPU (deployments/limits.toml): without a GPU none of them runs,
+# The tag of tasks that hold a GPU (in the limits declaration): without a GPU none of them runs,
 # so it has no cap to show.
 GPU_TAG = "gpu"
 

@@ -2,7 +2,7 @@
 
 Started ahead of need as ``python -m headroom._child --wait MODULE`` (see headroom.spare): it
 imports MODULE, then waits on stdin for its call. Or forked, one per call, by a fork server,
-``python -m headroom._child --fork-server MODULE FD`` (see headroom.zygote). Imports nothing
+``python -m headroom._child --fork-server MODULE FD`` (see headroom.forkserver). Imports nothing
 heavy itself, so start-up costs only what the guarded function's own module imports.
 """
 
@@ -17,21 +17,9 @@ import signal
 import sys
 import traceback
 
+from headroom.errors import OutOfMemory, classify_oom
+
 _PR_SET_PDEATHSIG = 1
-_GPU_OOM_TYPES = {
-    "cupy.cuda.memory.OutOfMemoryError",
-    "cupy_backends.cuda.api.runtime.CUDARuntimeError",
-    "torch.cuda.OutOfMemoryError",
-    "torch.OutOfMemoryError",
-    "rmm._lib.memory_resource.OutOfMemoryError",
-    "MemoryError_rmm",
-}
-_GPU_OOM_TEXT = ("out of memory", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY")
-_ALLOCATOR_OOM_TYPES = {
-    "duckdb.OutOfMemoryException",
-    "_duckdb.OutOfMemoryException",
-    "pyarrow.lib.ArrowMemoryError",
-}
 
 
 def _die_with_parent() -> None:
@@ -63,23 +51,6 @@ def _join_cgroup(procs_file: str | None) -> None:
 
 def _qualified(exc: BaseException) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
-
-
-def oom_kind(exc: BaseException) -> str | None:
-    """``allocator`` or ``gpu`` when ``exc`` is an out-of-memory error, else None."""
-    for cls in type(exc).__mro__:
-        name = f"{cls.__module__}.{cls.__qualname__}"
-        if name in _GPU_OOM_TYPES:
-            if "OutOfMemory" in name or any(t in str(exc) for t in _GPU_OOM_TEXT):
-                return "gpu"
-        if name in _ALLOCATOR_OOM_TYPES:
-            return "allocator"
-    text = str(exc)
-    if "CUDA" in text and any(t in text for t in _GPU_OOM_TEXT):
-        return "gpu"
-    if isinstance(exc, MemoryError) and not _qualified(exc).startswith("headroom."):
-        return "allocator"
-    return None
 
 
 def _resolve(module_name: str, qualname: str):
@@ -142,7 +113,8 @@ def main(call_file: str, result_file: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         payload = {
             "ok": False,
-            "oom": oom_kind(exc),
+            # The body's own OutOfMemory travels as itself (with its cap and detail).
+            "oom": None if isinstance(exc, OutOfMemory) else classify_oom(exc),
             "type": _qualified(exc),
             "message": str(exc),
             "traceback": traceback.format_exc(),
@@ -160,7 +132,7 @@ def main(call_file: str, result_file: str) -> None:
 
 
 def serve_forks(module_name: str, control_fd: int) -> None:
-    """A fork server (headroom.zygote): import the module, then fork one child per call read
+    """A fork server (headroom.forkserver): import the module, then fork one child per call read
     from stdin and report on ``control_fd`` each child's pid and, once reaped, its exit status.
     Says ``nofork`` and exits when the import left other threads (a fork would lose them)."""
     import json

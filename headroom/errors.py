@@ -135,6 +135,47 @@ class GuardTimeout(HeadroomError, TimeoutError):
     """A guarded child ran past its timeout and was killed."""
 
 
+_GPU_OOM_TYPES = {
+    "cupy.cuda.memory.OutOfMemoryError",
+    "cupy_backends.cuda.api.runtime.CUDARuntimeError",
+    "torch.cuda.OutOfMemoryError",
+    "torch.OutOfMemoryError",
+    "rmm._lib.memory_resource.OutOfMemoryError",
+}
+_GPU_OOM_TEXT = ("out of memory", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY")
+_ALLOCATOR_OOM_TYPES = {
+    "duckdb.OutOfMemoryException",
+    "_duckdb.OutOfMemoryException",
+    "pyarrow.lib.ArrowMemoryError",
+}
+
+
+def classify_oom(exc: BaseException) -> str | None:
+    """The :class:`OutOfMemory` kind that ``exc`` stands for, or None when it is no
+    out-of-memory error: an OutOfMemory's own kind; ``gpu`` for CUDA out-of-memory errors
+    (CuPy, PyTorch, RMM); ``allocator`` for MemoryError and DuckDB's or Arrow's out-of-memory
+    errors. Decided by type names and text, so no GPU or database library is imported.
+
+    The one place a raised error is read as an OOM: in a guarded child, in a body run in the
+    task's process, and in a body that must tell an OOM (the guard's business) from a bad file.
+    The guard itself adds the kinds seen from outside: ``watchdog`` and ``oom-killer``."""
+    if isinstance(exc, OutOfMemory):
+        return exc.kind
+    for cls in type(exc).__mro__:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if name in _GPU_OOM_TYPES:
+            if "OutOfMemory" in name or any(t in str(exc) for t in _GPU_OOM_TEXT):
+                return "gpu"
+        if name in _ALLOCATOR_OOM_TYPES:
+            return "allocator"
+    text = str(exc)
+    if "CUDA" in text and any(t in text for t in _GPU_OOM_TEXT):
+        return "gpu"
+    if isinstance(exc, MemoryError) and not isinstance(exc, HeadroomError):
+        return "allocator"
+    return None
+
+
 def is_terminal(exc: BaseException) -> bool:
     """True for errors that retrying cannot fix."""
     return isinstance(exc, TerminalError)

@@ -111,40 +111,70 @@ def guarded_call(
         finally:  # whatever happened, nothing the call started outlives it
             _end_call(child, watch.seen, group)
         seconds = time.monotonic() - started
-        peak_mb = watch.peak_mb
-        kernel_kills = group.oom_kills if group is not None else 0
-        if outcome == "watchdog":
-            raise OutOfMemory(
-                "watchdog", cap_mb, peak_mb, detail=f"killed past its cap after {seconds:.1f} s"
+        payload = None
+        if outcome == "exited" and result_file.exists():
+            payload = pickle.loads(result_file.read_bytes())
+    if payload is not None and payload["ok"]:
+        base_mb = payload.get("base_kb", 0) / 1024
+        return GuardResult(payload["value"], watch.peak_mb, seconds, base_mb)
+    raise _failure(
+        f"{module_name}:{qualname}",
+        outcome,
+        payload,
+        child,
+        cap_mb=cap_mb,
+        peak_mb=watch.peak_mb,
+        seconds=seconds,
+        timeout_s=timeout_s,
+        kernel_kills=group.oom_kills if group is not None else 0,
+        oom_before=oom_before,
+    )
+
+
+def _failure(
+    target: str,
+    outcome: str,
+    payload: dict[str, Any] | None,
+    child: subprocess.Popen[bytes] | spare.ForkedChild,
+    *,
+    cap_mb: float,
+    peak_mb: float,
+    seconds: float,
+    timeout_s: float | None,
+    kernel_kills: int,
+    oom_before: int | None,
+) -> BaseException:
+    """The error of a call that did not return a value: the one place the guard decides
+    whether it ran out of memory, and how. Seen from outside: ``watchdog`` (killed past its
+    cap) and ``oom-killer`` (a SIGKILL the guard did not send, or an OOM kill in the call's
+    cgroup); seen inside, the kind :func:`headroom.errors.classify_oom` gave the child's error."""
+    if outcome == "watchdog":
+        return OutOfMemory(
+            "watchdog", cap_mb, peak_mb, detail=f"killed past its cap after {seconds:.1f} s"
+        )
+    if outcome == "timeout":
+        return GuardTimeout(f"{target} ran past its timeout of {timeout_s} s")
+    if payload is None:
+        code = child.wait()
+        if code in (-signal.SIGKILL, 137):
+            oom_after = cgroup_oom_kills()
+            counted = kernel_kills > 0 or (
+                oom_before is not None and oom_after is not None and oom_after > oom_before
             )
-        if outcome == "timeout":
-            raise GuardTimeout(f"{module_name}:{qualname} ran past its timeout of {timeout_s} s")
-        if not result_file.exists():
-            code = child.wait()
-            if code in (-signal.SIGKILL, 137):
-                oom_after = cgroup_oom_kills()
-                counted = kernel_kills > 0 or (
-                    oom_before is not None and oom_after is not None and oom_after > oom_before
-                )
-                detail = "the kernel's OOM killer" if counted else "SIGKILL from outside"
-                raise OutOfMemory("oom-killer", cap_mb, peak_mb, detail=detail)
-            reason = f"signal {-code}" if code < 0 else f"exit status {code}"
-            raise ChildFailed(
-                "ChildCrashed", f"{module_name}:{qualname} died with {reason} and no result"
-            )
-        payload = pickle.loads(result_file.read_bytes())
-    if payload["ok"]:
-        return GuardResult(payload["value"], peak_mb, seconds, payload.get("base_kb", 0) / 1024)
+            detail = "the kernel's OOM killer" if counted else "SIGKILL from outside"
+            return OutOfMemory("oom-killer", cap_mb, peak_mb, detail=detail)
+        reason = f"signal {-code}" if code < 0 else f"exit status {code}"
+        return ChildFailed("ChildCrashed", f"{target} died with {reason} and no result")
     if payload["oom"]:
-        raise OutOfMemory(payload["oom"], cap_mb, peak_mb, detail=payload["message"][:500])
+        return OutOfMemory(payload["oom"], cap_mb, peak_mb, detail=payload["message"][:500])
     if kernel_kills:  # a process of the call was OOM-killed in its cgroup: the cause
-        raise OutOfMemory(
+        return OutOfMemory(
             "oom-killer",
             cap_mb,
             peak_mb,
             detail=f"the kernel's OOM killer in the call's cgroup ({payload['message'][:300]})",
         )
-    raise _rebuild(payload)
+    return _rebuild(payload)
 
 
 def _start_call(
@@ -278,12 +308,6 @@ def duckdb_share(fraction: float = 0.4, default_mb: float = 256.0, floor_mb: flo
 
     cap = current_cap_mb()
     return duckdb_limit(max(floor_mb, cap * fraction) if cap else default_mb)
-
-
-def memory_of(pid: int) -> float:
-    """RssAnon + RssShmem of one process in MiB (0 if it is gone)."""
-    fields = proctree.status_kb(pid)
-    return (fields.get("RssAnon", 0) + fields.get("RssShmem", 0)) / 1024
 
 
 __all__ = ["GuardResult", "run_guarded", "run_guarded_measured", "callable_path", "MIB"]

@@ -32,6 +32,7 @@ from uuid import UUID
 
 from headroom import waiting
 from headroom.errors import TerminalError
+from headroom.limits import setup_hint
 
 # The server's Retry-After follows the limit's average occupancy (up to 30 s); memory frees in
 # steps of one task, so a waiter looks again at least this often.
@@ -120,8 +121,7 @@ def acquire(name: str, slots: int, lease_s: float, timeout_s: float | None = Non
     payload = response.json()
     if not payload.get("limits"):
         raise TerminalError(
-            f"the concurrency limit {name!r} does not exist on this Prefect server: run "
-            "`python -m deployments.setup` on this host first"
+            f"the concurrency limit {name!r} does not exist on this Prefect server: {setup_hint()}"
         )
     lease_id = UUID(payload["lease_id"])
     lease = _Lease(

@@ -15,7 +15,8 @@ from headroom.units import MIB, parse_size
 log = logging.getLogger(__name__)
 
 ENV_LIMITS = "HEADROOM_LIMITS"
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "deployments" / "limits.toml"
+PYPROJECT_TABLE = "tool.headroom"
+GENERIC_SETUP_HINT = "create headroom's limits on this host first (headroom.prefect.planned_limits)"
 # The orchestrator (flow process, ephemeral server) never gets less than this share back.
 MAX_RESERVE_FRACTION = 0.3
 
@@ -43,8 +44,9 @@ class Limits:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Limits:
-        """Read the TOML declaration ($HEADROOM_LIMITS, else deployments/limits.toml)."""
-        where = Path(path or os.environ.get(ENV_LIMITS) or DEFAULT_FILE)
+        """Read the TOML declaration: ``path``, else $HEADROOM_LIMITS, else the application's
+        (:func:`declaration_file`)."""
+        where = Path(path or os.environ.get(ENV_LIMITS) or declaration_file())
         data = tomllib.loads(where.read_text())
         tags = {}
         for tag, spec in data.get("tags", {}).items():
@@ -90,6 +92,44 @@ class Limits:
     def cap_mb(self, tag: str, budget: Budget) -> float:
         """The cap of one task with this tag, never more than the per-host memory limit."""
         return min(self.tag(tag).cap_within(budget), float(self.host_limit_mb(budget)))
+
+
+def declaration_file() -> Path:
+    """The application's limits declaration: the ``limits`` key of ``[tool.headroom]`` in the
+    nearest pyproject.toml at or above the current directory (relative to that file)."""
+    found = _pyproject_setting("limits")
+    if found is None:
+        raise FileNotFoundError(
+            f"no limits declaration: pass a path, set ${ENV_LIMITS}, or give `limits` under "
+            f"[{PYPROJECT_TABLE}] in the project's pyproject.toml"
+        )
+    pyproject, value = found
+    return pyproject.parent / value
+
+
+def setup_hint() -> str:
+    """What to do when a limit headroom needs is missing on the server: the application's
+    words (``setup`` under ``[tool.headroom]``) when it gives any."""
+    found = _pyproject_setting("setup")
+    return found[1] if found else GENERIC_SETUP_HINT
+
+
+def _pyproject_setting(key: str) -> tuple[Path, str] | None:
+    """(pyproject.toml, value) of ``key`` under [tool.headroom] in the nearest pyproject.toml
+    at or above the current directory that has that table; None when none has the key."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        pyproject = folder / "pyproject.toml"
+        if not pyproject.is_file():
+            continue
+        try:
+            table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("headroom")
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(table, dict):
+            value = table.get(key)
+            return (pyproject, str(value)) if value else None
+    return None
 
 
 def memory_limit_name(host: str | None = None) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from headroom import leases
+from headroom.runs import live_filter
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +126,6 @@ def give_back_stranded(client: Any, names: list[str], this_run: str | None = Non
             )
             freed.append(name)
     return freed
-
-
-def live_filter() -> Any:
-    """Flow runs that are Running or Cancelling."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    return FlowRunFilter(
-        state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
-        )
-    )
 
 
 def watch_temporary_server() -> int | None:

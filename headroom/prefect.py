@@ -24,6 +24,7 @@ from uuid import UUID
 from pydantic import Field
 
 from headroom import leases
+from headroom.attempts import AttemptLog, OpenLogs, failed_outcome
 from headroom.budget import Budget
 from headroom.chunks import Chunking, first_size, shrink
 from headroom.errors import (
@@ -31,11 +32,12 @@ from headroom.errors import (
     OutOfMemory,
     OutputUnavailable,
     TerminalError,
+    classify_oom,
     is_terminal,
 )
 from headroom.guard import callable_path, guarded_call
 from headroom.history import History
-from headroom.limits import Limits, memory_limit_name
+from headroom.limits import Limits, memory_limit_name, setup_hint
 from headroom.report import Attempt, attempts_key, memory_report, record_attempt
 
 ChunkScale = Annotated[
@@ -45,7 +47,6 @@ MaxWorkers = Annotated[
     int, Field(ge=1, le=64, description="Tasks this run submits at once (local concurrency).")
 ]
 
-OOM_KINDS = frozenset(OutOfMemory.KINDS)
 FLOW_TAG_OOM = "headroom:oom"
 FLOW_TAG_FLOOR = "headroom:chunk-floor"
 RERUN_TAG = "headroom:rerun"
@@ -54,9 +55,7 @@ _LIMIT_CACHE_S = 30.0
 # The engine's tag slots use 60 s, so both come back together.
 MEMORY_LEASE_S = 60.0
 
-_attempts: dict[str, list[Attempt]] = {}
-_attempts_lock = threading.Lock()
-_started: set[str] = set()  # task runs of this process whose body was reached
+_open_logs = OpenLogs()
 _host_limit_cache: dict[str, tuple[float, int]] = {}
 # Attempts tables are published in order by one thread (see _publish_attempts).
 _artifacts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headroom-artifacts")
@@ -83,7 +82,7 @@ class BudgetedSpec:
 def _budget_block() -> Any:
     """The saved memory-budget block, or None (none saved, or no server to ask)."""
     try:
-        from blocks.memory_budget import load_budget_block
+        from headroom.blocks import load_budget_block
 
         return load_budget_block()
     except Exception:
@@ -189,125 +188,179 @@ def budgeted_task(
     run.__module__ = function.__module__
     run.__doc__ = function.__doc__
 
-    def retry_only_oom(task: Any, task_run: Any, state: Any) -> bool:
-        return _should_retry(spec, str(task_run.id))
-
     return task(  # type: ignore[call-overload]  # run's signature is built at runtime
         run,
         name=spec.name,
         tags=[tag, *extra_tags],
         retries=oom_retries + retries,
         retry_delay_seconds=retry_delay_s,
-        retry_condition_fn=retry_only_oom,
+        retry_condition_fn=retry_oom_or_transient,
         cache_policy=NO_CACHE,
         persist_result=False,
     )
 
 
+@dataclass(frozen=True)
+class _TaskRun:
+    """The Prefect task run an attempt belongs to."""
+
+    task_run_id: str
+    flow_run_id: str | None
+    logger: Any
+
+
+def retry_oom_or_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` of a budgeted task: retry when its run's last attempt left a retry
+    due (see headroom.attempts). Top level, so a task pickled for a Dask worker names it."""
+    return _open_logs.is_open(str(task_run.id))
+
+
 def execute(spec: BudgetedSpec, call: dict[str, Any], chunk_scale: float = 1.0) -> Any:
-    """One attempt of a budgeted task, inside a Prefect task run."""
+    """One attempt of a budgeted task, inside a Prefect task run: its cap, its chunk size,
+    admission to the host's memory, the body under the cap, then the attempt's record."""
+    run = _current_task_run(spec)
+    log = _open_logs.open(run.task_run_id, spec.oom_retries, spec.retries)
+    try:
+        input_size = spec.input_bytes(call) if spec.input_bytes else None
+        cap, budget = attempt_cap(spec.tag)
+        size, origin = _choose_chunk(spec, log, cap, budget, input_size, chunk_scale, run)
+    except BaseException:
+        _open_logs.close(run.task_run_id)  # no body ran: a retry would meet the same
+        raise
+    kwargs = _body_arguments(spec, call, size, cap)
+    attempt = Attempt(
+        spec.name, run.task_run_id, log.next_number, size, origin, cap, None, time.time(), 0.0, "ok"
+    )
+    try:
+        with _admitted(spec, cap):
+            attempt.started = time.time()
+            value, attempt.peak_mb = _run_body(spec, kwargs, cap, size, input_size)
+    except BaseException as exc:
+        attempt.outcome = failed_outcome(exc, spec.transient)
+        if isinstance(exc, OutOfMemory):
+            attempt.peak_mb = exc.peak_mb
+            _tag_flow_run(run.flow_run_id, FLOW_TAG_OOM)
+            raise exc.with_chunk(size) from None
+        raise
+    finally:
+        attempt.seconds = time.time() - attempt.started
+        _bookkeep(spec, run, log, attempt)
+    return value
+
+
+def _current_task_run(spec: BudgetedSpec) -> _TaskRun:
     from prefect import get_run_logger
     from prefect.context import TaskRunContext
 
     context = TaskRunContext.get()
     if context is None:
         raise RuntimeError(f"{spec.name} must run as a Prefect task")
-    run_id = str(context.task_run.id)
-    with _attempts_lock:
-        _started.add(run_id)  # past its tag slots (map_bounded's wait log)
-    flow_run_id = str(context.task_run.flow_run_id) if context.task_run.flow_run_id else None
-    logger = get_run_logger()
+    flow_run_id = context.task_run.flow_run_id
+    return _TaskRun(
+        str(context.task_run.id), str(flow_run_id) if flow_run_id else None, get_run_logger()
+    )
+
+
+def attempt_cap(tag: str) -> tuple[float, Budget]:
+    """(cap MiB, budget) of an attempt of a task of ``tag``: the tag's cap under the budget,
+    and never more than the host's memory limit on the server."""
     limits = current_limits()
     budget = current_budget()
-    cap = min(limits.cap_mb(spec.tag, budget), _server_host_limit(limits, budget))
-    with _attempts_lock:
-        history_so_far = list(_attempts.setdefault(run_id, []))
-    previous = history_so_far[-1] if history_so_far else None
-    history = History()
-    input_size = spec.input_bytes(call) if spec.input_bytes else None
+    return min(limits.cap_mb(tag, budget), _server_host_limit(limits, budget)), budget
 
+
+def _choose_chunk(
+    spec: BudgetedSpec,
+    log: AttemptLog,
+    cap: float,
+    budget: Budget,
+    input_size: int | None,
+    chunk_scale: float,
+    run: _TaskRun,
+) -> tuple[int | None, str]:
+    """(size, where it came from) of this attempt's chunk: shrunk from the run's last OOM
+    if it had one, else the first size (history, estimate or default, times chunk_scale)."""
+    if spec.chunk is None:
+        return None, ""
+    oom = log.last_oom()
+    if oom is None or oom.chunk is None:
+        learned = History().profile(spec.name, input_size)
+        return first_size(spec.chunk, cap, chunk_scale, learned)
+    try:
+        size = shrink(
+            spec.chunk,
+            oom.chunk,
+            cap,
+            oom.peak_mb,
+            task=spec.name,
+            budget_mb=budget.mb,
+            host_mb=(budget.host_bytes or 0) / (1 << 20),
+            tag=spec.tag,
+        )
+    except ChunkFloorReached:
+        _tag_flow_run(run.flow_run_id, FLOW_TAG_FLOOR)
+        raise
+    return size, "shrunk after OOM"
+
+
+def _body_arguments(
+    spec: BudgetedSpec, call: dict[str, Any], size: int | None, cap: float
+) -> dict[str, Any]:
+    """The call's arguments plus what headroom fills in: the chunk size and the cap."""
     kwargs = dict(call)
-    size: int | None = None
-    origin = ""
     if spec.chunk is not None:
-        if previous is not None and previous.outcome in OOM_KINDS and previous.chunk:
-            try:
-                size = shrink(
-                    spec.chunk,
-                    previous.chunk,
-                    cap,
-                    previous.peak_mb,
-                    task=spec.name,
-                    budget_mb=budget.mb,
-                    host_mb=(budget.host_bytes or 0) / (1 << 20),
-                    tag=spec.tag,
-                )
-            except ChunkFloorReached:
-                _tag_flow_run(flow_run_id, FLOW_TAG_FLOOR)
-                _forget(run_id)
-                raise
-            origin = "shrunk after OOM"
-        else:
-            learned = history.profile(spec.name, input_size)
-            size, origin = first_size(spec.chunk, cap, chunk_scale, learned)
         kwargs[spec.chunk.param] = size
     if spec.takes_cap:
         kwargs["cap_mb"] = cap
+    return kwargs
 
-    attempt_no = len(history_so_far) + 1
-    started = time.time()
-    peak: float | None = None
-    outcome = "ok"
-    try:
-        with (
-            cpu_slots(spec.threads),
-            leases.held(memory_limit_name(), max(1, math.ceil(cap)), MEMORY_LEASE_S),
-        ):
-            started = time.time()
-            if spec.isolate:
-                result = guarded_call(spec.target, (), kwargs, cap_mb=cap, timeout_s=spec.timeout_s)
-                value, peak = result.value, result.peak_mb
-                if size:
-                    history.record(spec.name, input_size, size, result.peak_mb, cap, result.base_mb)
-            else:
-                value = _run_in_process(spec, kwargs, cap)
-    except OutOfMemory as exc:
-        outcome, peak = exc.kind, exc.peak_mb
-        _tag_flow_run(flow_run_id, FLOW_TAG_OOM)
-        raise exc.with_chunk(size) from None
-    except BaseException as exc:
-        outcome = ("transient:" if isinstance(exc, spec.transient) else "") + type(exc).__name__
-        raise
-    finally:
-        attempt = Attempt(
-            spec.name,
-            run_id,
-            attempt_no,
-            size,
-            origin,
-            cap,
-            peak,
-            started,
-            time.time() - started,
-            outcome,
-        )
-        with _attempts_lock:
-            _attempts.setdefault(run_id, []).append(attempt)
-        record_attempt(flow_run_id, attempt)
-        logger.info(
-            "attempt %d: %s=%s (%s), cap %.0f MiB, peak %s MiB, %.2f s: %s",
-            attempt_no,
-            spec.chunk.param if spec.chunk else "chunk",
-            size,
-            origin or "-",
-            cap,
-            "?" if peak is None else f"{peak:.0f}",
-            attempt.seconds,
-            outcome,
-        )
-        _publish_attempts(spec, run_id)
-    _forget(run_id)
-    return value
+
+@contextlib.contextmanager
+def _admitted(spec: BudgetedSpec, cap: float):
+    """Admission: this process's cores for a CPU-bound body, then ``cap`` MiB of the host's
+    memory limit (a lease, so a lost host's memory comes back)."""
+    with (
+        cpu_slots(spec.threads),
+        leases.held(memory_limit_name(), max(1, math.ceil(cap)), MEMORY_LEASE_S),
+    ):
+        yield
+
+
+def _run_body(
+    spec: BudgetedSpec,
+    kwargs: dict[str, Any],
+    cap: float,
+    size: int | None,
+    input_size: int | None,
+) -> tuple[Any, float | None]:
+    """(value, peak MiB) of the body: in a guarded child under the cap (its peak learned for
+    the next first size), or in this process for a task that must share it (peak unknown)."""
+    if not spec.isolate:
+        return _run_in_process(spec, kwargs, cap), None
+    result = guarded_call(spec.target, (), kwargs, cap_mb=cap, timeout_s=spec.timeout_s)
+    if size:
+        History().record(spec.name, input_size, size, result.peak_mb, cap, result.base_mb)
+    return result.value, result.peak_mb
+
+
+def _bookkeep(spec: BudgetedSpec, run: _TaskRun, log: AttemptLog, attempt: Attempt) -> None:
+    """Record the attempt (run log, flow run's record, run log line, attempts table) and
+    settle whether the run retries."""
+    log.record(attempt)
+    record_attempt(run.flow_run_id, attempt)
+    run.logger.info(
+        "attempt %d: %s=%s (%s), cap %.0f MiB, peak %s MiB, %.2f s: %s",
+        attempt.attempt,
+        spec.chunk.param if spec.chunk else "chunk",
+        attempt.chunk,
+        attempt.chunk_origin or "-",
+        attempt.cap_mb,
+        "?" if attempt.peak_mb is None else f"{attempt.peak_mb:.0f}",
+        attempt.seconds,
+        attempt.outcome,
+    )
+    _publish_attempts(spec, log.rows())
+    _open_logs.settle(log)
 
 
 _cpu_lock = threading.Condition()
@@ -318,8 +371,7 @@ _cpu_busy = [0]
 def cpu_slots(threads: int | None):
     """Hold ``threads`` of this process's cores (all of them at most) for a CPU-bound body;
     a no-op for ``None``. A body that never waits on I/O gains nothing from running beside
-    more of its kind than there are cores, and pays for it: 8 MITMA staging days at once on 2
-    cores cost 3.51 CPU-s a day, 2 at once 2.96-3.24."""
+    more of its kind than there are cores, and pays for it in CPU time per item."""
     if not threads:
         yield
         return
@@ -340,48 +392,23 @@ def cpu_slots(threads: int | None):
 
 def _run_in_process(spec: BudgetedSpec, kwargs: dict[str, Any], cap: float) -> Any:
     """Run the body here (GPU tasks keep one CUDA context); classify allocator/CUDA OOMs."""
-    from headroom._child import oom_kind
-
     module_name, _, qualname = spec.target.partition(":")
     try:
         return _import(module_name, qualname)(**kwargs)
+    except OutOfMemory:
+        raise
     except Exception as exc:
-        kind = oom_kind(exc)
+        kind = classify_oom(exc)
         if kind:
             raise OutOfMemory(kind, cap, None, detail=str(exc)[:500]) from exc
         raise
 
 
-def _should_retry(spec: BudgetedSpec, run_id: str) -> bool:
-    with _attempts_lock:
-        attempts = list(_attempts.get(run_id, []))
-    last = attempts[-1] if attempts else None
-    if last is None:
-        return False
-    if last.outcome in OOM_KINDS:
-        retry = sum(a.outcome in OOM_KINDS for a in attempts) <= spec.oom_retries
-    elif last.outcome.startswith("transient:"):
-        retry = sum(a.outcome.startswith("transient:") for a in attempts) <= spec.retries
-    else:
-        retry = False
-    if not retry:
-        _forget(run_id)
-    return retry
-
-
-def _forget(run_id: str) -> None:
-    with _attempts_lock:
-        _attempts.pop(run_id, None)
-        _started.discard(run_id)
-
-
-def _publish_attempts(spec: BudgetedSpec, run_id: str) -> None:
+def _publish_attempts(spec: BudgetedSpec, rows: list[dict[str, Any]]) -> None:
     """Publish the run's attempts table from a background thread, in this task's context: the
-    request (about 15 ms here) is then off the path between the body's end and the next task."""
+    request is then off the path between the body's end and the next task."""
     import contextvars
 
-    with _attempts_lock:
-        rows = [a.row() for a in _attempts.get(run_id, [])]
     description = f"{spec.name}: attempts (tag {spec.tag})"
     key = attempts_key(spec.name)
     if _in_dask_worker():  # no flow-end flush reaches a worker's queue: publish now
@@ -445,8 +472,7 @@ def _server_host_limit(limits: Limits, budget: Budget) -> float:
             limit = client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
             raise TerminalError(
-                f"the memory limit {name!r} does not exist on this Prefect server: run "
-                "`python -m deployments.setup` on this host first"
+                f"the memory limit {name!r} does not exist on this Prefect server: {setup_hint()}"
             ) from None
     _host_limit_cache[name] = (time.monotonic(), limit)
     return float(limit)

@@ -147,13 +147,13 @@ def memory_report(
     png_path.parent.mkdir(parents=True, exist_ok=True)
     png_path.write_bytes(png)
     ooms = [a for a in attempts if a.outcome in ("watchdog", "oom-killer", "allocator", "gpu")]
-    peak_sum = max((a.peak_mb or 0) for a in attempts)
+    largest_peak = max((a.peak_mb or 0) for a in attempts)
     lines = [
         f"# Memory of {flow_name}",
         "",
         f"Budget {format_mib(budget_mb)}, task memory limit {format_mib(host_limit_mb)}; "
         f"{len(attempts)} attempts, {len(ooms)} out of memory; largest single peak "
-        f"{format_mib(peak_sum)}.",
+        f"{format_mib(largest_peak)}.",
         "",
         f"![memory timeline](data:image/png;base64,{base64.b64encode(png).decode()})",
         "",

@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from headroom.history import runs_dir
 
@@ -74,3 +75,19 @@ def gone(flow_run_ids: Iterable[str]) -> dict[str, str]:
         if pid and not same_process(pid, record.get("start")):
             found[str(flow_run_id)] = f"its process (pid {pid} on {host}) is gone"
     return found
+
+
+def live_filter() -> Any:
+    """Flow runs that are Running or Cancelling."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    return FlowRunFilter(
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
+        )
+    )

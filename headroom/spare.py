@@ -31,8 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from headroom import zygote
-from headroom.zygote import ForkedChild
+from headroom import forkserver
+from headroom.forkserver import ForkedChild
 
 CHILD_ARGV = [sys.executable, "-m", "headroom._child", "--wait"]
 # Spares kept per process: unset, as many as calls of the module run at once (so a wave of
@@ -89,10 +89,10 @@ def _most_spares() -> int:
 
 def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes] | ForkedChild:
     """A child for a call of a function of ``module`` with ``env``: one to be forked by the
-    module's fork server (headroom.zygote) where it has one; else a waiting spare when one
+    module's fork server (headroom.forkserver) where it has one; else a waiting spare when one
     fits, else a new one, and then spares for the next calls are asked for (started by another
     thread while this call runs), one per call of the module now running."""
-    forked = zygote.child_for(env, module, lambda make: _starter.submit(make).result())
+    forked = forkserver.child_for(env, module, lambda make: _starter.submit(make).result())
     if forked is not None:
         return forked
     cwd = os.getcwd()

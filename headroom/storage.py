@@ -2,7 +2,8 @@
 
 A file is written under a temporary name and published only when complete: ``os.replace``
 locally; on S3, a copy to the final key followed by deletion of the temporary key. A writer
-that dies mid-file therefore never leaves a readable half under a final name.
+that dies mid-file therefore never leaves a readable half under a final name. On this
+machine's disk, :func:`publishing` does the same for a file or a whole directory.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -28,6 +30,66 @@ TMP_MARK = ".tmp-"
 PROBE_BYTES = 64 * 1024
 """What :func:`check_writable` writes: enough that a full disk refuses it (a zero-byte file
 needs only an inode)."""
+
+
+def temporary_sibling(final: str | os.PathLike[str], role: str = "") -> Path:
+    """A hidden sibling of ``final``: ``.tmp-<pid>-<random>-[<role>-]<name>``. The writer's pid
+    in the name tells a killed writer's leftovers from the files of one still running."""
+    final = Path(final)
+    label = f"{role}-" if role else ""
+    return final.with_name(f"{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-{label}{final.name}")
+
+
+@contextmanager
+def publishing(
+    final: str | os.PathLike[str], *, directory: bool = False, replace: bool = True
+) -> Iterator[Path]:
+    """Write ``final`` on this machine's disk atomically: yields a temporary sibling (a new
+    empty directory with ``directory``) that takes ``final``'s name when the block succeeds
+    and is removed when it fails, so ``final`` is the old whole or the new whole.
+
+    A directory replaces an existing one in two renames (the old steps aside, then is deleted),
+    between which ``final`` is briefly absent. With ``replace=False`` an existing ``final`` is
+    kept and the new one dropped (the first writer of a content-addressed entry wins)."""
+    target = Path(final)
+    temporary = temporary_sibling(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        temporary.mkdir()
+    try:
+        yield temporary
+        _take_name(temporary, target, replace)
+    except BaseException:
+        _remove_local(temporary)
+        raise
+
+
+def _take_name(temporary: Path, final: Path, replace: bool) -> None:
+    if not replace:
+        try:
+            if temporary.is_dir():
+                os.rename(temporary, final)  # refused when final exists and is not empty
+            else:
+                os.link(temporary, final)  # refused when final exists
+        except OSError:
+            if not final.exists():
+                raise
+        _remove_local(temporary)
+        return
+    if temporary.is_dir() and final.exists():
+        old = temporary_sibling(final, "old")
+        os.rename(final, old)
+        os.rename(temporary, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(temporary, final)
+
+
+def _remove_local(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -80,8 +142,8 @@ class Storage:
     def atomic_output(self, relative: str) -> Iterator[str]:
         """Yield a temporary path to write; publish it as ``relative`` only on success."""
         final = self.path(relative)
-        directory, name = posixpath.split(final)
-        temporary = posixpath.join(directory, f"{TMP_MARK}{uuid.uuid4().hex[:12]}-{name}")
+        directory = posixpath.dirname(final)
+        temporary = posixpath.join(directory, temporary_sibling(final).name)
         if self.is_local:
             os.makedirs(directory, exist_ok=True)
         try:
@@ -107,19 +169,10 @@ class Storage:
 
     def get_file(self, relative: str, local: str | os.PathLike[str]) -> None:
         """Copy ``relative`` to a local path, which appears only once complete."""
-        target = os.fspath(local)
-        directory, name = os.path.split(target)
-        os.makedirs(directory or ".", exist_ok=True)
-        temporary = os.path.join(directory, f"{TMP_MARK}{uuid.uuid4().hex[:12]}-{name}")
-        try:
+        with publishing(local) as temporary:
             with self.filesystem.open_input_stream(self.path(relative)) as source:
                 with open(temporary, "wb") as sink:
                     shutil.copyfileobj(source, sink, 8 << 20)
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
 
     def write_json(self, relative: str, document: Any) -> None:
         """Write a small JSON document atomically."""

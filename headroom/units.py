@@ -42,11 +42,6 @@ def parse_size(text: str | int | float, *, name: str = "size") -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def to_mib(n_bytes: float) -> float:
-    """Bytes to MiB."""
-    return n_bytes / MIB
-
-
 def format_mib(mib: float) -> str:
     """A size in MiB for people: ``1.5 GiB`` or ``300 MiB``."""
     if mib >= 1024:

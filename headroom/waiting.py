@@ -31,7 +31,7 @@ def holders(client: Any, name: str) -> str:
             runs = [_task_run_name(client, task_run_id) for task_run_id in held[:_SHOWN]]
             who = ", ".join(runs) if runs else "no live task run (slots of a dead run?)"
         else:
-            from headroom.local_server import live_filter
+            from headroom.runs import live_filter
 
             live = client.read_flow_runs(flow_run_filter=live_filter(), limit=_SHOWN)
             who = "live flow runs " + (", ".join(r.name for r in live) if live else "none")

@@ -78,7 +78,6 @@ CANONICAL_COLUMNS = (
     "congestion",
     "loss",
 )
-STAGING_COLUMNS = ("_line", "_revision")
 TEXT_COLUMNS = ("iso", "market", "location", "location_type")
 """The repetitive text columns: the only ones worth a Parquet dictionary."""
 PUBLISHED_PARQUET: dict[str, Any] = {
@@ -195,8 +194,46 @@ class IsoFormat:
         """The published file name of ``market`` on ``day``."""
         return self.name_templates[market].format(day=day)
 
+    optional_columns: tuple[str, ...] = ()
+    """Columns a header may have besides the market's raw columns."""
+
     def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical tables (staging schema) of at most ``chunk_rows`` rows."""
+        """Canonical tables (staging schema) of at most ``chunk_rows`` rows.
+
+        The template for a CSV whose first line is its header: the header is checked against
+        the market's raw columns, then each batch of rows (:meth:`csv_options`) becomes
+        canonical rows (:meth:`canonical_rows`) knowing the file line of its first row. An
+        ISO whose files look otherwise (a preamble, a zip, rows to unpivot) overrides it."""
+        header = first_lines(path, 1)
+        if not header:
+            raise IsoParseError(path, "empty file", 1)
+        expected = self.raw_columns[market]
+        self.check_header(
+            path, split_header(header[0]), expected, 1, optional=self.optional_columns
+        )
+        context = self.file_context(path, market)
+        for start, batch in csv_batches(
+            path,
+            path,
+            skip_rows=0,
+            column_names=None,
+            chunk_rows=chunk_rows,
+            **self.csv_options(market),
+        ):
+            yield self.canonical_rows(path, market, batch, start + 2, context)
+
+    def csv_options(self, market: Market) -> dict[str, Any]:
+        """:func:`csv_batches` options of a market's files (types, columns, row size)."""
+        raise NotImplementedError
+
+    def file_context(self, path: Path, market: Market) -> Any:
+        """What :meth:`canonical_rows` carries from batch to batch of one file (None)."""
+        return None
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, line: int, context: Any
+    ) -> pa.Table:
+        """One batch of raw rows, the first on file line ``line``, as canonical rows."""
         raise NotImplementedError
 
     # Helpers shared by the readers -------------------------------------------------------

@@ -21,7 +21,6 @@ import logging
 import os
 import posixpath
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -42,9 +41,9 @@ from flows.iso_lmp.base import (
     canonical_schema,
 )
 from flows.iso_lmp.onepass import OnePass
-from headroom._child import oom_kind
-from headroom.errors import BadInput, output_fault
+from headroom.errors import BadInput, classify_oom, output_fault
 from headroom.guard import duckdb_share
+from headroom.storage import publishing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,7 +142,7 @@ def convert_files(
                 log.warning("%s: %s", name, exc)
                 result = {"file": name, "error": str(exc)}
             except Exception as exc:  # a failure no parser foresaw is still this file's alone
-                if oom_kind(exc):
+                if classify_oom(exc):
                     raise  # the guard's business: an OOM is retried with a smaller chunk
                 log.warning("%s: unexpected %s: %s", name, type(exc).__name__, exc)
                 result = {"file": name, "error": f"{Path(name).name}: {type(exc).__name__}: {exc}"}
@@ -196,51 +195,47 @@ def convert_file(
         }
     if written is not None:
         written.begin(kind.value, source.name, signature)
-    temporary = final.parent / f".tmp-{uuid.uuid4().hex[:8]}-{source.name}"
-    temporary.mkdir(parents=True)
     writers: dict[str, pq.ParquetWriter] = {}
     keys = DuplicateKeys(source, fmt.time_column, key_limit)
     rows = 0
     spans: dict[str, list[int]] = {}
-    try:
-        for table in fmt.read(source, kind, rows_per_chunk):
-            rows += table.num_rows
-            starts = _starts_us(table)
-            keys.add(table, starts)
-            for month, part, low, high in _by_month(table, starts):
-                _widen(spans, month, low, high)
-                if month not in writers:
-                    # Local, read whole by publication: no statistics; dictionaries only
-                    # for the text columns; lz4, which costs less than writing the
-                    # uncompressed bytes (a tenth of them) to disk.
-                    writers[month] = pq.ParquetWriter(
-                        temporary / f"{month}.parquet",
-                        canonical_schema(staging=True),
-                        compression="lz4",
-                        use_dictionary=list(TEXT_COLUMNS),
-                        write_statistics=False,
-                    )
-                writers[month].write_table(part, row_group_size=rows_per_chunk)
-                if written is not None:
-                    written.add(kind.value, month, source.name, part)
-        for writer in writers.values():
-            writer.close()
-        writers.clear()
-        keys.check(sorted(temporary.glob("*.parquet")))
-        marker = {
-            **signature,
-            "rows": rows,
-            "months": sorted(spans),
-            "spans": spans,
-            "revised": keys.revised,
-        }
-        (temporary / MARKER).write_text(json.dumps(marker))
-        _swap_directory(temporary, final)
-    except BaseException:
-        for writer in writers.values():
-            writer.close()
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    with publishing(final, directory=True) as temporary:
+        try:
+            for table in fmt.read(source, kind, rows_per_chunk):
+                rows += table.num_rows
+                starts = _starts_us(table)
+                keys.add(table, starts)
+                for month, part, low, high in _by_month(table, starts):
+                    _widen(spans, month, low, high)
+                    if month not in writers:
+                        # Local, read whole by publication: no statistics; dictionaries only
+                        # for the text columns; lz4, which costs less than writing the
+                        # uncompressed bytes (a tenth of them) to disk.
+                        writers[month] = pq.ParquetWriter(
+                            temporary / f"{month}.parquet",
+                            canonical_schema(staging=True),
+                            compression="lz4",
+                            use_dictionary=list(TEXT_COLUMNS),
+                            write_statistics=False,
+                        )
+                    writers[month].write_table(part, row_group_size=rows_per_chunk)
+                    if written is not None:
+                        written.add(kind.value, month, source.name, part)
+            for writer in writers.values():
+                writer.close()
+            writers.clear()
+            keys.check(sorted(temporary.glob("*.parquet")))
+            marker = {
+                **signature,
+                "rows": rows,
+                "months": sorted(spans),
+                "spans": spans,
+                "revised": keys.revised,
+            }
+            (temporary / MARKER).write_text(json.dumps(marker))
+        finally:
+            for writer in writers.values():
+                writer.close()
     log.info("%s: %d rows staged in %d months", source.name, rows, len(marker["months"]))
     return {"file": path, "rows": rows, "months": marker["months"], "skipped": False}
 
@@ -250,10 +245,6 @@ def _read_marker(directory: Path) -> dict[str, Any] | None:
         return json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _months(directory: Path) -> list[str]:
-    return [p.stem for p in directory.glob("*.parquet")]
 
 
 def _starts_us(table: pa.Table) -> np.ndarray:
@@ -293,17 +284,6 @@ def _widen(spans: dict[str, list[int]], month: str, low: int, high: int) -> None
     de-duplication when no two files' spans overlap."""
     span = spans.setdefault(month, [low, high])
     span[0], span[1] = min(span[0], low), max(span[1], high)
-
-
-def _swap_directory(temporary: Path, final: Path) -> None:
-    """Replace ``final`` with ``temporary``: readers see the old whole or the new whole."""
-    old = None
-    if final.exists():
-        old = final.parent / f".old-{uuid.uuid4().hex[:8]}-{final.name}"
-        os.rename(final, old)
-    os.rename(temporary, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class DuplicateKeys:
@@ -456,11 +436,6 @@ def partition_path(iso: str, market: str, month: str) -> str:
     """The relative directory of an (iso, market, UTC month) partition."""
     year, number = month.split("-")
     return f"iso={iso}/market={market}/year={year}/month={number}"
-
-
-def staged_parts(staging: str, iso: str, market: str, month: str) -> list[tuple[Path, int, str]]:
-    """(part, modification time of its raw file, raw file name) of every staged file."""
-    return [(p, int(m["mtime_ns"]), m["file"]) for p, m in _staged(staging, iso, market, month)]
 
 
 def _staged(staging: str, iso: str, market: str, month: str) -> list[tuple[Path, dict]]:

@@ -9,10 +9,8 @@ reads it from a Secret block or the environment), sent as a header, never stored
 from __future__ import annotations
 
 import logging
-import os
 import urllib.error
 import urllib.request
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from urllib.parse import urlparse
 
 from flows.iso_lmp import iso_format
 from flows.iso_lmp.base import Market, local_day_hours
+from headroom.storage import publishing
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +78,14 @@ def file_url(iso: str, market: Market, day: date, source: str | None = None) -> 
 
 def download(url: str, destination: Path, headers: dict[str, str], timeout_s: float = 60) -> int:
     """Stream ``url`` to ``destination`` under a temporary name; bytes written."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{destination.name}")
     request = urllib.request.Request(url, headers=headers)
     written = 0
-    try:
+    with publishing(destination) as temporary:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             with open(temporary, "wb") as target:
                 while block := response.read(BLOCK_BYTES):
                     target.write(block)
                     written += len(block)
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
     return written
 
 

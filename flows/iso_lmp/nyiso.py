@@ -9,20 +9,15 @@ the opposite sign (LBMP = energy + losses - congestion): it is negated here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp.base import (
     IsoFormat,
-    IsoParseError,
     Market,
     canonical_table,
-    csv_batches,
-    first_lines,
     parse_times,
     prices,
-    split_header,
     wall_to_utc,
 )
 
@@ -51,46 +46,43 @@ class Nyiso(IsoFormat):
     name_templates = {Market.DAY_AHEAD_HOURLY: "{day:%Y%m%d}damlbmp_zone.csv"}
     time_column = "Time Stamp"
 
-    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical rows of one NYISO file; the repeated 01:00 told apart by file order."""
+    def csv_options(self, market: Market) -> dict[str, Any]:
+        return {
+            "bytes_per_row": 80,
+            "string_columns": ("Time Stamp", "Name", "PTID"),
+            "float_columns": (LBMP, LOSSES, CONGESTION),
+        }
+
+    def file_context(self, path: Path, market: Market) -> tuple[str, dict[tuple[str, int], int]]:
+        """The file's location type, and the wall times seen per location so far: the
+        repeated 01:00 of the fall-back day is told apart by file order."""
+        return LOCATION_TYPES["gen" if "_gen" in path.name else "zone"], {}
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, line: int, context: Any
+    ) -> pa.Table:
         import numpy as np
         import pyarrow.compute as pc
 
-        header = first_lines(path, 1)
-        if not header:
-            raise IsoParseError(path, "empty file", 1)
-        self.check_header(path, split_header(header[0]), COLUMNS, 1)
-        location_type = LOCATION_TYPES["gen" if "_gen" in path.name else "zone"]
-        seen: dict[tuple[str, int], int] = {}
-        for start, batch in csv_batches(
-            path,
-            path,
-            skip_rows=0,
-            column_names=None,
-            chunk_rows=chunk_rows,
-            bytes_per_row=80,
-            string_columns=("Time Stamp", "Name", "PTID"),
-            float_columns=(LBMP, LOSSES, CONGESTION),
-        ):
-            line = start + 2
-            wall = parse_times(path, batch.column("Time Stamp"), TIME_FORMAT, "Time Stamp", line)
-            names = batch.column("Name")
-            utc = (
-                wall_to_utc(path, wall, names.to_pylist(), self.zone, seen, line, "Time Stamp")
-                if len(wall)
-                else wall
-            )
-            published = prices(path, batch.column(CONGESTION), CONGESTION, line)
-            yield canonical_table(
-                self.iso_id,
-                market,
-                self.zone,
-                utc,
-                names,
-                location_type,
-                prices(path, batch.column(LBMP), LBMP, line),
-                None,
-                pc.negate(published),
-                prices(path, batch.column(LOSSES), LOSSES, line),
-                np.arange(line, line + batch.num_rows),
-            )
+        location_type, seen = context
+        wall = parse_times(path, batch.column("Time Stamp"), TIME_FORMAT, "Time Stamp", line)
+        names = batch.column("Name")
+        utc = (
+            wall_to_utc(path, wall, names.to_pylist(), self.zone, seen, line, "Time Stamp")
+            if len(wall)
+            else wall
+        )
+        published = prices(path, batch.column(CONGESTION), CONGESTION, line)
+        return canonical_table(
+            self.iso_id,
+            market,
+            self.zone,
+            utc,
+            names,
+            location_type,
+            prices(path, batch.column(LBMP), LBMP, line),
+            None,
+            pc.negate(published),
+            prices(path, batch.column(LOSSES), LOSSES, line),
+            np.arange(line, line + batch.num_rows),
+        )

@@ -9,20 +9,16 @@ revision (the later one wins when the same node and hour appear twice).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp.base import (
     IsoFormat,
     IsoParseError,
     Market,
     canonical_table,
-    csv_batches,
-    first_lines,
     parse_times,
     prices,
-    split_header,
 )
 
 if TYPE_CHECKING:
@@ -77,59 +73,56 @@ class Pjm(IsoFormat):
     feeds = {Market.DAY_AHEAD_HOURLY: "da_hrl_lmps", Market.REAL_TIME_HOURLY: "rt_hrl_lmps"}
     time_column = "datetime_beginning_utc"
 
-    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical rows of one PJM file, in file order."""
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
+    def _prices(self, market: Market) -> list[str]:
+        suffix = "_" + self.suffix[market]
+        return [c for c in self.raw_columns[market] if c.endswith(suffix)]
 
-        columns = self.raw_columns[market]
-        header = first_lines(path, 1)
-        if not header:
-            raise IsoParseError(path, "empty file", 1)
-        self.check_header(path, split_header(header[0]), columns, 1)
-        suffix = self.suffix[market]
-        price_columns = [c for c in columns if c.endswith("_" + suffix)]
-        for start, batch in csv_batches(
-            path,
-            path,
-            skip_rows=0,
-            column_names=None,
-            chunk_rows=chunk_rows,
-            bytes_per_row=160,
-            string_columns=("datetime_beginning_utc", "pnode_id", "type"),
-            float_columns=price_columns,
-            include_columns=(
+    def csv_options(self, market: Market) -> dict[str, Any]:
+        price_columns = self._prices(market)
+        return {
+            "bytes_per_row": 160,
+            "string_columns": ("datetime_beginning_utc", "pnode_id", "type"),
+            "float_columns": price_columns,
+            "include_columns": (
                 "datetime_beginning_utc",
                 "pnode_id",
                 "type",
                 *price_columns,
                 "version_nbr",
             ),
-        ):
-            line = start + 2
-            utc = parse_times(
-                path,
-                batch.column("datetime_beginning_utc"),
-                TIME_FORMAT,
-                "datetime_beginning_utc",
-                line,
-            )
-            version = batch.column("version_nbr")
-            if not pa.types.is_integer(version.type):
-                raise IsoParseError(path, "non-integer version_nbr", line, "version_nbr")
-            values = {c: prices(path, batch.column(c), c, line) for c in price_columns}
-            yield canonical_table(
-                self.iso_id,
-                market,
-                self.zone,
-                utc,
-                batch.column("pnode_id"),
-                batch.column("type"),
-                values[f"total_lmp_{suffix}"],
-                values[f"system_energy_price_{suffix}"],
-                values[f"congestion_price_{suffix}"],
-                values[f"marginal_loss_price_{suffix}"],
-                np.arange(line, line + batch.num_rows, dtype=np.int64),
-                revision=pc.fill_null(version, 0).to_numpy(zero_copy_only=False),
-            )
+        }
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, line: int, context: Any
+    ) -> pa.Table:
+        """Rows in file order; version_nbr is the revision."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        suffix = self.suffix[market]
+        utc = parse_times(
+            path,
+            batch.column("datetime_beginning_utc"),
+            TIME_FORMAT,
+            "datetime_beginning_utc",
+            line,
+        )
+        version = batch.column("version_nbr")
+        if not pa.types.is_integer(version.type):
+            raise IsoParseError(path, "non-integer version_nbr", line, "version_nbr")
+        values = {c: prices(path, batch.column(c), c, line) for c in self._prices(market)}
+        return canonical_table(
+            self.iso_id,
+            market,
+            self.zone,
+            utc,
+            batch.column("pnode_id"),
+            batch.column("type"),
+            values[f"total_lmp_{suffix}"],
+            values[f"system_energy_price_{suffix}"],
+            values[f"congestion_price_{suffix}"],
+            values[f"marginal_loss_price_{suffix}"],
+            np.arange(line, line + batch.num_rows, dtype=np.int64),
+            revision=pc.fill_null(version, 0).to_numpy(zero_copy_only=False),
+        )

@@ -8,21 +8,16 @@ ambiguous on the fall-back day; ``GMTIntervalEnd`` (UTC) is used. Energy is the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp.base import (
     US_PER_MINUTE,
     IsoFormat,
-    IsoParseError,
     Market,
     canonical_table,
-    csv_batches,
-    first_lines,
     parse_times,
     prices,
-    split_header,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +25,7 @@ if TYPE_CHECKING:
 
 COLUMNS = ("Interval", "GMTIntervalEnd", "Settlement Location", "Pnode", "LMP", "MLC", "MCC", "MEC")
 OPTIONAL = ("BAA",)
+PRICES = ("LMP", "MLC", "MCC", "MEC")
 TIME_FORMAT = "%m/%d/%Y %H:%M:%S"
 
 
@@ -40,6 +36,7 @@ class Spp(IsoFormat):
     timezone = "America/Chicago"
     markets = (Market.DAY_AHEAD_HOURLY, Market.REAL_TIME_5_MIN)
     raw_columns = {m: COLUMNS for m in markets}
+    optional_columns = OPTIONAL
     rename = {
         "Settlement Location": "location",
         "LMP": "lmp",
@@ -57,39 +54,31 @@ class Spp(IsoFormat):
     }
     time_column = "GMTIntervalEnd"
 
-    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical rows of one SPP file; the interval start is GMTIntervalEnd minus its length."""
+    def csv_options(self, market: Market) -> dict[str, Any]:
+        return {
+            "bytes_per_row": 90,
+            "string_columns": ("GMTIntervalEnd", "Settlement Location"),
+            "float_columns": PRICES,
+            "include_columns": ("GMTIntervalEnd", "Settlement Location", *PRICES),
+        }
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, line: int, context: Any
+    ) -> pa.Table:
+        """The interval start is GMTIntervalEnd minus the market's interval."""
         import numpy as np
 
-        header = first_lines(path, 1)
-        if not header:
-            raise IsoParseError(path, "empty file", 1)
-        self.check_header(path, split_header(header[0]), COLUMNS, 1, optional=OPTIONAL)
-        for start, batch in csv_batches(
-            path,
-            path,
-            skip_rows=0,
-            column_names=None,
-            chunk_rows=chunk_rows,
-            bytes_per_row=90,
-            string_columns=("GMTIntervalEnd", "Settlement Location"),
-            float_columns=("LMP", "MLC", "MCC", "MEC"),
-            include_columns=("GMTIntervalEnd", "Settlement Location", "LMP", "MLC", "MCC", "MEC"),
-        ):
-            line = start + 2
-            end = parse_times(
-                path, batch.column("GMTIntervalEnd"), TIME_FORMAT, "GMTIntervalEnd", line
-            )
-            yield canonical_table(
-                self.iso_id,
-                market,
-                self.zone,
-                end - market.minutes * US_PER_MINUTE,
-                batch.column("Settlement Location"),
-                "Settlement Location",
-                prices(path, batch.column("LMP"), "LMP", line),
-                prices(path, batch.column("MEC"), "MEC", line),
-                prices(path, batch.column("MCC"), "MCC", line),
-                prices(path, batch.column("MLC"), "MLC", line),
-                np.arange(line, line + batch.num_rows, dtype=np.int64),
-            )
+        end = parse_times(path, batch.column("GMTIntervalEnd"), TIME_FORMAT, "GMTIntervalEnd", line)
+        return canonical_table(
+            self.iso_id,
+            market,
+            self.zone,
+            end - market.minutes * US_PER_MINUTE,
+            batch.column("Settlement Location"),
+            "Settlement Location",
+            prices(path, batch.column("LMP"), "LMP", line),
+            prices(path, batch.column("MEC"), "MEC", line),
+            prices(path, batch.column("MCC"), "MCC", line),
+            prices(path, batch.column("MLC"), "MLC", line),
+            np.arange(line, line + batch.num_rows, dtype=np.int64),
+        )

@@ -12,10 +12,14 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr
 
-from blocks.memory_budget import MemoryBudget, forget_cached_block
-from blocks.registry import register_blocks
-from blocks.storage import OutputStorage, resolve_out
 from headroom import BadInput
+from headroom.blocks import (
+    MemoryBudget,
+    OutputStorage,
+    forget_cached_block,
+    register_blocks,
+    resolve_out,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -31,7 +35,7 @@ def test_storage_block_loads_by_name_in_a_fresh_process(tmp_path):
         secret_access_key=SecretStr("not-a-real-secret"),
     ).save("lake-test", overwrite=True)
     code = (
-        "import json; from blocks.storage import OutputStorage;"
+        "import json; from headroom.blocks import OutputStorage;"
         "b = OutputStorage.load('lake-test');"
         "print(json.dumps({'url': b.url(), 'key': b.s3_settings().access_key}))"
     )
@@ -100,3 +104,16 @@ def test_budget_block_caps_override_the_declared_cap_of_a_tag():
 def test_budget_block_refuses_a_bad_tag_cap():
     with pytest.raises(ValueError, match="mitma-od"):
         MemoryBudget(tag_caps={"mitma-od": "plenty"})
+
+
+def test_saved_blocks_still_load_after_the_move_into_headroom():
+    # Blocks saved before the classes moved from blocks/ into headroom/blocks.py are found
+    # by these slugs and hold data of these schemas (checksums of the classes as they were).
+    assert MemoryBudget.get_block_type_slug() == "headroom-memory-budget"
+    assert OutputStorage.get_block_type_slug() == "headroom-output-storage"
+    assert MemoryBudget._calculate_schema_checksum() == (
+        "sha256:5efc7543f1389ae816c073bdfe4dd11bb3ecbc534687fd91e3cbf35592e127bd"
+    )
+    assert OutputStorage._calculate_schema_checksum() == (
+        "sha256:3f566c6c8c1d2b11e90544c3104e9e316e592a6df7b6d9ba1385f0e4d4cbf9e9"
+    )

@@ -122,14 +122,26 @@ def test_fraud_scenarios_look_like_fraud(dataset: tuple[Path, dict]) -> None:
     assert len(inside) > 0 and all(inside)
 
 
+def _row_group_sizes(rows: int, chunk: int) -> list[int]:
+    """Row groups of a file of ``rows`` rows: slices of one block below a block, else as many
+    whole blocks as fit ``chunk``."""
+    block = gen.BLOCK_ROWS
+    blocks = [min(block, rows - start) for start in range(0, rows, block)]
+    if chunk < block:
+        return [min(chunk, size - offset) for size in blocks for offset in range(0, size, chunk)]
+    per_group = chunk // block
+    return [sum(blocks[i : i + per_group]) for i in range(0, len(blocks), per_group)]
+
+
 def test_same_rows_for_any_chunk_size_same_bytes_for_same_chunk(tmp_path: Path) -> None:
     spec = gen.plan_dataset(transactions=200_000, seed=3, files=2).to_dict()
     entries = {}
     for chunk in (4_096, 65_536, 150_000, 10**7):
         out = tmp_path / f"chunk-{chunk}"
         entries[chunk] = gen.write_transaction_file(str(out), spec, 1, rows_per_chunk=chunk)
-        groups = pq.ParquetFile(out / entries[chunk]["path"]).metadata.num_row_groups
-        assert groups == -(-100_000 // min(chunk, 100_000)) or chunk == 150_000
+        metadata = pq.ParquetFile(out / entries[chunk]["path"]).metadata
+        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        assert sizes == _row_group_sizes(100_000, chunk), chunk
     assert len({e["checksum"] for e in entries.values()}) == 1
     assert len({e["bytes"] for e in entries.values()}) > 1, "row groups did change"
     again = gen.write_transaction_file(str(tmp_path / "again"), spec, 1, rows_per_chunk=65_536)

@@ -130,19 +130,59 @@ def test_reloading_a_day_replaces_it_and_a_killed_load_leaves_the_old_state(tmp_
     assert again["replaced"] == old.rows
     assert core.day_totals(str(database), "municipios") == {DAY: (old.rows, old.viajes)}
 
-    code = (
-        "import sys; from flows.mitma_od_core import load_day; "
-        "load_day(sys.argv[1], sys.argv[2], sys.argv[3], 'municipios', 'new.csv.gz')"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(database), new_staged["staging"], DAY.isoformat()],
-        cwd=ROOT,
-    )
-    time.sleep(0.6)  # mid-load on this machine; any moment must leave old or new, not a mix
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    totals = core.day_totals(str(database), "municipios")
-    assert totals[DAY] in ((old.rows, old.viajes), (new.rows, new.viajes))
+    # Killed with the new rows written but not committed: the old day stays. Killed just
+    # after the commit: the new day is there, whole.
+    for moment, expected in (("before", (old.rows, old.viajes)), ("after", (new.rows, new.viajes))):
+        _kill_load_at_commit(tmp_path / moment, database, new_staged["staging"], moment)
+        assert core.day_totals(str(database), "municipios") == {DAY: expected}, moment
+
+
+# Runs load_day in a child whose DuckDB connection stops at the day's COMMIT (just before or
+# just after it), says so in a file and waits there to be killed.
+_LOAD_PAUSED_AT_COMMIT = """
+import pathlib, sys, time
+import flows.mitma_od_duckdb as duckdb_io
+from flows.mitma_od_core import load_day
+
+database, staging, day, moment, marker = sys.argv[1:6]
+connect = duckdb_io._connect
+
+
+class PausedAtCommit:
+    def __init__(self, con):
+        self._con = con
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def execute(self, sql, *args):
+        if sql != "COMMIT":
+            return self._con.execute(sql, *args)
+        result = self._con.execute(sql, *args) if moment == "after" else None
+        pathlib.Path(marker).write_text(moment)
+        time.sleep(600)
+        return result
+
+
+duckdb_io._connect = lambda *args, **kwargs: PausedAtCommit(connect(*args, **kwargs))
+load_day(database, staging, day, "municipios", "new.csv.gz")
+"""
+
+
+def _kill_load_at_commit(workdir: Path, database: Path, staging: str, moment: str) -> None:
+    workdir.mkdir()
+    marker = workdir / "paused"
+    argv = [sys.executable, "-c", _LOAD_PAUSED_AT_COMMIT, str(database), staging]
+    child = subprocess.Popen([*argv, DAY.isoformat(), moment, str(marker)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, f"the load ended before its commit ({moment})"
+            assert time.monotonic() < deadline, "the load never reached its commit"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
 
 
 def test_wrong_header_corrupt_gzip_and_foreign_days_fail_naming_the_file(tmp_path):

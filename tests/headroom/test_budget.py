@@ -9,6 +9,7 @@ import pytest
 
 from headroom import Budget, parse_size
 from headroom.units import duckdb_limit
+from tests.machine import nvidia_smi_totals_mib
 
 GIB = 1 << 30
 
@@ -80,13 +81,24 @@ def test_override_wins_as_given_and_warns_when_too_big(tmp_path, caplog):
     assert Budget.detect("2GiB", proc_root=proc, cgroup_root=root, environ={}).bytes == 2 * GIB
 
 
-def test_per_task_divides_and_gpu_never_raises():
+def test_per_task_divides():
     budget = Budget(3000 * (1 << 20), "test")
     assert budget.per_task(10) == 300
     with pytest.raises(ValueError):
         budget.per_task(0)
+
+
+def test_gpu_view_is_what_nvidia_smi_lists():
+    # None on a machine without a GPU (never an error); each GPU's total memory where there
+    # is one: NVML and nvidia-smi read the same driver.
+    totals = nvidia_smi_totals_mib()
     devices = Budget.gpu()
-    assert devices is None or all(d.total_mb > 0 for d in devices)
+    if not totals:
+        assert devices is None
+        return
+    assert devices is not None
+    assert [round(d.total_mb) for d in devices] == pytest.approx(totals, abs=1)
+    assert all(0 <= d.free_mb <= d.total_mb for d in devices)
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def spares_only(monkeypatch):
-    """The spare path, for bodies a fork server would otherwise run (headroom.zygote)."""
-    from headroom import zygote
+    """The spare path, for bodies a fork server would otherwise run (headroom.forkserver)."""
+    from headroom import forkserver
 
-    monkeypatch.setenv(zygote.ENV_FORK, "0")
+    monkeypatch.setenv(forkserver.ENV_FORK, "0")
 
 
 def test_returns_the_value():

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from headroom import Budget
-from headroom.limits import Limits
+from headroom.limits import GENERIC_SETUP_HINT, Limits, declaration_file, setup_hint
+
+ROOT = Path(__file__).resolve().parents[2]
 
 GIB = 1 << 30
 
@@ -20,6 +27,50 @@ def test_declared_caps_and_the_host_limit_follow_the_budget(tmp_path):
     assert limits.host_limit_mb(budget) == 4096 - 300
     assert limits.cap_mb("heavy", budget) == 1024
     assert limits.cap_mb("light", budget) == budget.per_task(4)
+
+
+def test_the_declaration_is_the_projects_setting_found_from_the_current_directory(
+    tmp_path, monkeypatch
+):
+    project = tmp_path / "project"
+    (project / "conf").mkdir(parents=True)
+    (project / "conf" / "limits.toml").write_text("[tags.only]\nslots = 3\n")
+    (project / "pyproject.toml").write_text(
+        '[tool.headroom]\nlimits = "conf/limits.toml"\nsetup = "run make limits first"\n'
+    )
+    (project / "deep" / "er").mkdir(parents=True)
+    monkeypatch.delenv("HEADROOM_LIMITS", raising=False)
+    monkeypatch.chdir(project / "deep" / "er")
+    assert declaration_file() == project / "conf" / "limits.toml"
+    assert list(Limits.load().tags) == ["only"]
+    assert setup_hint() == "run make limits first"
+    monkeypatch.setenv("HEADROOM_LIMITS", str(ROOT / "deployments" / "limits.toml"))
+    assert "only" not in Limits.load().tags  # the variable wins
+
+
+def test_no_declaration_anywhere_says_how_to_give_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("HEADROOM_LIMITS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"HEADROOM_LIMITS.*\[tool.headroom\]"):
+        Limits.load()
+    assert setup_hint() == GENERIC_SETUP_HINT
+
+
+def test_the_projects_own_declaration_and_setup_hint_from_its_root():
+    # What `python -m headroom` and a deployment's flow run (working directory: the
+    # checkout) read when $HEADROOM_LIMITS is not set.
+    env = {"PATH": "/usr/bin:/bin", "HEADROOM_MEMORY_LIMIT": "4GiB"}
+    code = (
+        "from headroom.limits import Limits, setup_hint; "
+        "print(Limits.load().source); print(setup_hint())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [
+        str(ROOT / "deployments" / "limits.toml"),
+        "run `python -m deployments.setup` on this host first",
+    ]
 
 
 def test_cap_overrides_replace_declared_caps_and_skip_unknown_tags(tmp_path, caplog):

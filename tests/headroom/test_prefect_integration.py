@@ -25,6 +25,14 @@ grow = budgeted(
     chunk=Chunking("rows_per_chunk", default=400_000, floor=10_000),
     oom_retries=3,
 )
+grow_or_drop = budgeted(
+    bodies.grow_then_lose_connection,
+    tag="test-oom",
+    chunk=Chunking("rows_per_chunk", default=400_000, floor=10_000),
+    oom_retries=3,
+    retries=1,
+    transient=(ConnectionError,),
+)
 reject = budgeted(bodies.fail_with_value_error, tag="test-oom", oom_retries=3)
 with_cap = budgeted(
     bodies.report_cap, tag="test-oom", chunk=Chunking("rows_per_chunk", default=1000, floor=10)
@@ -71,6 +79,28 @@ def test_over_cap_task_retries_smaller_and_completes():
         len(a.data if isinstance(a.data, list) else __import__("json").loads(a.data)) == 2
         for a in tables
     )
+
+
+def test_chunk_after_a_transient_error_follows_the_last_oom(tmp_path):
+    # OOM (a real child past its 300 MiB cap), then a dropped connection at the smaller size:
+    # the third attempt keeps the size the OOM led to instead of going back to the first.
+    @flow
+    def oom_then_drop():
+        return grow_or_drop(
+            total_rows=400_000, bytes_per_row=1024, calls_file=str(tmp_path / "calls")
+        )
+
+    state = oom_then_drop(return_state=True)
+    assert state.is_completed(), state.message
+    attempts = load_attempts(str(state.state_details.flow_run_id))
+    assert [a.outcome for a in attempts] == ["watchdog", "transient:ConnectionError", "ok"]
+    assert attempts[0].peak_mb > 280
+    first, second, third = (a.chunk for a in attempts)
+    assert second < first
+    assert third <= second
+    assert attempts[2].chunk_origin == "shrunk after OOM"
+    calls = [int(line) for line in (tmp_path / "calls").read_text().split()]
+    assert calls == [first, second, third]  # the body really got each size
 
 
 def test_body_taking_cap_mb_gets_its_cap_and_chunk():

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from headroom import OutOfMemory, run_guarded, zygote
+from headroom import OutOfMemory, forkserver, run_guarded
 from headroom.runs import process_start
 from tests.headroom import threaded_body, workers
 
 
-def _server_of(module: str) -> zygote._Server:
-    (server,) = [s for s in zygote._servers.values() if s.module == module]
+def _server_of(module: str) -> forkserver.ForkServer:
+    (server,) = [s for s in forkserver._servers.values() if s.module == module]
     return server
 
 
@@ -54,7 +54,7 @@ def test_a_module_that_starts_threads_on_import_is_not_forked_from():
     for _ in range(2):
         pid, parent = run_guarded(threaded_body.parents, cap_mb=200)
         assert parent == os.getpid()
-    assert threaded_body.__name__ in zygote._unforkable
+    assert threaded_body.__name__ in forkserver._unforkable
 
 
 def test_a_server_killed_under_a_running_call_fails_that_call_only(tmp_path):
@@ -82,8 +82,11 @@ def test_a_server_killed_under_a_running_call_fails_that_call_only(tmp_path):
     assert _server_of(workers.__name__) is not server
 
 
-def test_fork_servers_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv(zygote.ENV_FORK, "0")
+@pytest.mark.parametrize("variable", [forkserver.ENV_FORK, forkserver.ENV_FORK_FORMER])
+def test_fork_servers_can_be_turned_off(monkeypatch, variable):
+    monkeypatch.delenv(forkserver.ENV_FORK, raising=False)
+    monkeypatch.delenv(forkserver.ENV_FORK_FORMER, raising=False)
+    monkeypatch.setenv(variable, "0")
     pid, parent = run_guarded(workers.parents, cap_mb=200)
     assert parent == os.getpid()
 
@@ -117,5 +120,5 @@ def test_forked_children_do_not_share_random_state(monkeypatch):
     from tests.headroom import numpy_body
 
     draws = [run_guarded(numpy_body.draw, cap_mb=300) for _ in range(3)]
-    assert numpy_body.__name__ not in zygote._unforkable  # forked, not spawned
+    assert numpy_body.__name__ not in forkserver._unforkable  # forked, not spawned
     assert len({d[0] for d in draws}) == 3 and len({d[1] for d in draws}) == 3

@@ -11,8 +11,9 @@ server, which reports its exit status here.
 
 A module whose import leaves more than one thread in the server (numpy's BLAS pool, say)
 is never forked from: the server says so and exits, and that module's calls use spares.
-``HEADROOM_FORK_CHILDREN=0`` turns fork servers off. A waiting server holds its interpreter
-and the module's imports outside any cap, as a spare does.
+``HEADROOM_FORK_SERVERS=0`` (formerly ``HEADROOM_FORK_CHILDREN``, still read) turns fork
+servers off. A waiting server holds its interpreter and the module's imports outside any cap,
+as a spare does.
 """
 
 from __future__ import annotations
@@ -27,21 +28,24 @@ import sys
 import threading
 import uuid
 
-ENV_FORK = "HEADROOM_FORK_CHILDREN"
+ENV_FORK = "HEADROOM_FORK_SERVERS"
+ENV_FORK_FORMER = "HEADROOM_FORK_CHILDREN"
+"""The variable's former name, still read when the new one is not set."""
 # A server that has not answered a call by then is taken as gone; the call starts a child.
 REPLY_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 120.0
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV_FORK, "").strip().lower() not in ("0", "false", "no", "off")
+    value = os.environ.get(ENV_FORK, os.environ.get(ENV_FORK_FORMER, ""))
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 class ForkedChild:
     """What the guard needs of a child (``pid``, ``poll``, ``wait``, ``returncode``, ``kill``),
     for a child a fork server started and reaps."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(self, server: ForkServer) -> None:
         self.server = server
         self.pid: int | None = None
         self.returncode: int | None = None
@@ -66,7 +70,7 @@ class ForkedChild:
         self._exited.set()
 
 
-class _Server:
+class ForkServer:
     """One fork server: its process, its control pipe and the children it forked."""
 
     def __init__(self, env: dict[str, str], cwd: str, module: str) -> None:
@@ -183,7 +187,7 @@ class _Server:
 
 
 _lock = threading.Lock()
-_servers: dict[tuple, _Server] = {}
+_servers: dict[tuple, ForkServer] = {}
 _unforkable: set[str] = set()
 
 
@@ -195,7 +199,7 @@ def child_for(env: dict[str, str], module: str, start) -> ForkedChild | None:
         return None
     cwd = os.getcwd()
     key = (tuple(sorted(env.items())), cwd, module)
-    retired: list[_Server] = []
+    retired: list[ForkServer] = []
     with _lock:
         server = _servers.get(key)
         if server is not None and server.state not in ("starting", "ready"):
@@ -207,7 +211,7 @@ def child_for(env: dict[str, str], module: str, start) -> ForkedChild | None:
                 if other.module == module:
                     del _servers[other_key]
                     retired.append(other)
-            server = start(lambda: _Server(env, cwd, module))
+            server = start(lambda: ForkServer(env, cwd, module))
             _servers[key] = server
     for other in retired:
         other.close()
