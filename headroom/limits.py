@@ -19,6 +19,16 @@ PYPROJECT_TABLE = "tool.headroom"
 GENERIC_SETUP_HINT = "create headroom's limits on this host first (headroom.prefect.planned_limits)"
 # The orchestrator (flow process, ephemeral server) never gets less than this share back.
 MAX_RESERVE_FRACTION = 0.3
+# The declaration the application names when it is imported (use_declaration), for processes
+# that do not start in the project's directory: a user's script, a Dask worker.
+_declared: Path | None = None
+
+
+def use_declaration(path: str | os.PathLike[str]) -> None:
+    """Name the application's limits declaration (below $HEADROOM_LIMITS, above the
+    pyproject.toml found from the current directory)."""
+    global _declared
+    _declared = Path(path)
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,9 @@ class Limits:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Limits:
-        """Read the TOML declaration: ``path``, else $HEADROOM_LIMITS, else the application's
-        (:func:`declaration_file`)."""
-        where = Path(path or os.environ.get(ENV_LIMITS) or declaration_file())
+        """Read the TOML declaration: ``path``, else $HEADROOM_LIMITS, else the one the
+        application named (:func:`use_declaration`), else :func:`declaration_file`."""
+        where = Path(path or os.environ.get(ENV_LIMITS) or _declared or declaration_file())
         data = tomllib.loads(where.read_text())
         tags = {}
         for tag, spec in data.get("tags", {}).items():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import headroom.limits
 from headroom import Budget
 from headroom.limits import GENERIC_SETUP_HINT, Limits, declaration_file, setup_hint
 
@@ -40,6 +42,7 @@ def test_the_declaration_is_the_projects_setting_found_from_the_current_director
     )
     (project / "deep" / "er").mkdir(parents=True)
     monkeypatch.delenv("HEADROOM_LIMITS", raising=False)
+    monkeypatch.setattr(headroom.limits, "_declared", None)  # no application imported
     monkeypatch.chdir(project / "deep" / "er")
     assert declaration_file() == project / "conf" / "limits.toml"
     assert list(Limits.load().tags) == ["only"]
@@ -50,10 +53,23 @@ def test_the_declaration_is_the_projects_setting_found_from_the_current_director
 
 def test_no_declaration_anywhere_says_how_to_give_one(tmp_path, monkeypatch):
     monkeypatch.delenv("HEADROOM_LIMITS", raising=False)
+    monkeypatch.setattr(headroom.limits, "_declared", None)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"HEADROOM_LIMITS.*\[tool.headroom\]"):
         Limits.load()
     assert setup_hint() == GENERIC_SETUP_HINT
+
+
+def test_a_script_outside_the_checkout_finds_the_workloads_declaration(tmp_path):
+    """Importing the workloads names deployments/limits.toml: a script run from any directory
+    (a user's, a Dask worker's) loads it without HEADROOM_LIMITS."""
+    env = {k: v for k, v in os.environ.items() if k != "HEADROOM_LIMITS"}
+    code = "import flows; from headroom.limits import Limits; print(Limits.load().source)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(ROOT / "deployments" / "limits.toml")
 
 
 def test_the_projects_own_declaration_and_setup_hint_from_its_root():
