@@ -23,7 +23,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from headroom import leases
+from headroom import leases, local_server
 from headroom.budget import Budget
 from headroom.chunks import Chunking, first_size, shrink
 from headroom.errors import (
@@ -708,3 +708,8 @@ FLOW_HOOKS: dict[str, list[Callable[..., None]]] = {
     "on_crashed": [crash_rerun_hook, memory_report_hook, forget_process_hook],
     "on_cancellation": [forget_process_hook],
 }
+
+
+# On the embedded default, the temporary server this process starts is headroom's (before any
+# client of this process starts Prefect's own).
+local_server.use_headroom_server()

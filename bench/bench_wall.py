@@ -1,0 +1,177 @@
+"""Benchmark issue 21: does the embedded default keep the machine busy?
+
+Each subject runs as its own process on the embedded default (a temporary Prefect server on
+SQLite, started by that process): a flow run with no work, then every workload's demo (its
+small size). For each: wall, CPU seconds of the whole tree (the temporary server included),
+wall / (CPU / usable cores), and the slot acquisitions of the run (the engine's tag slots and
+headroom's memory-mb slots; p50 / p95 over both). Then `make demo` as a user runs it.
+
+Targets: wall <= 1.25 x CPU / cores per workload; slot acquisition p50 <= 50 ms, p95 <=
+150 ms; a run with no work <= 5 CPU-s and <= 5 s wall; `make demo` <= 40 s.
+
+    .venv/bin/python -m bench.bench_wall [--only no_work fraud_synth ...] [--repeat 2]
+        [--no-demo] [--no-write] [--label LABEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import measure, table, write_section
+from bench.wall_subject import DEMOS
+from headroom.budget import usable_cores
+
+SUBJECTS = ["no_work", *DEMOS]
+RATIO_TARGET = 1.25
+P50_TARGET_S, P95_TARGET_S = 0.050, 0.150
+FIXED_CPU_S, FIXED_WALL_S = 5.0, 5.0
+DEMO_TARGET_S = 40.0
+
+
+def embedded_env(home: Path) -> dict[str, str | None]:
+    """The embedded default in a fresh home: no API URL, SQLite under PREFECT_HOME."""
+    return {
+        "PREFECT_API_URL": None,
+        "PREFECT_HOME": str(home / "prefect"),
+        "HEADROOM_STATE_DIR": str(home / "state"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "HEADROOM_MEMORY_LIMIT": "3GiB",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_subject(subject: str, home: Path, cores: int) -> dict:
+    workdir = home / "work" / subject
+    out = home / f"{subject}.json"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    m = measure(
+        subject,
+        [sys.executable, "-m", "bench.wall_subject", subject, str(workdir), str(out)],
+        env=embedded_env(home),
+    )
+    if m.returncode != 0:
+        raise RuntimeError(f"{subject} failed ({m.returncode})")
+    slots = json.loads(out.read_text())
+    every = slots["tag_s"] + slots["memory_s"]
+    return {
+        "subject": subject,
+        "wall_s": m.wall_s,
+        "cpu_s": m.cpu_s,
+        "ratio": m.wall_s / (m.cpu_s / cores),
+        "peak_mb": m.peak_rss_mb,
+        "slots": len(every),
+        "p50_s": percentile(every, 0.5),
+        "p95_s": percentile(every, 0.95),
+        "tag_p50_s": percentile(slots["tag_s"], 0.5),
+        "memory_p50_s": percentile(slots["memory_s"], 0.5),
+        "max_s": max(every, default=float("nan")),
+    }
+
+
+def time_make_demo(home: Path) -> tuple[float, float]:
+    """`make demo` after install (the venv and bytecode exist): wall and tree CPU seconds."""
+    env = {k: v for k, v in embedded_env(home).items() if k != "HEADROOM_MEMORY_LIMIT"}
+    shutil.rmtree(home / "prefect", ignore_errors=True)
+    m = measure("make demo", ["make", "-s", "demo"], env=env, timeout_s=1800)
+    if m.returncode != 0:
+        raise RuntimeError("make demo failed")
+    return m.wall_s, m.cpu_s
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} / {five:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", default=SUBJECTS, choices=SUBJECTS)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--no-demo", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--label", default="embedded default")
+    args = parser.parse_args()
+    cores = usable_cores()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-wall-") as scratch:
+        home = Path(scratch)
+        for subject in args.only:
+            for _ in range(args.repeat):
+                before = load()
+                r = run_subject(subject, home, cores)
+                r["load"] = before
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+        demo = None if args.no_demo else [time_make_demo(home) for _ in range(args.repeat)]
+    if demo:
+        print(json.dumps({"make_demo": demo}), flush=True)
+    if args.no_write:
+        return
+    write_section("wall", report(rows, demo, cores, args.label))
+
+
+def report(rows: list[dict], demo: list[tuple[float, float]] | None, cores: int, label: str) -> str:
+    body = [
+        [
+            r["subject"],
+            r["wall_s"],
+            r["cpu_s"],
+            r["ratio"],
+            r["slots"],
+            f"{1000 * r['p50_s']:.0f}",
+            f"{1000 * r['p95_s']:.0f}",
+            f"{1000 * r['max_s']:.0f}",
+            r["load"],
+        ]
+        for r in rows
+    ]
+    lines = [
+        "## Wall time on the embedded default (issue 21)",
+        "",
+        f"{label}. Each subject in its own process with its own temporary Prefect server on "
+        f"SQLite; CPU = user+sys of the whole tree (server included); ratio = wall / (CPU / "
+        f"{cores} usable cores), target <= {RATIO_TARGET}. Slots = the run's acquisitions (the "
+        "engine's tag slots and headroom's memory-mb slots), target p50 <= 50 ms, p95 <= "
+        "150 ms. Load = 1 / 5-minute load average before the run.",
+        "",
+        table(
+            ["subject", "wall s", "CPU s", "ratio", "slots", "p50 ms", "p95 ms", "max ms", "load"],
+            body,
+        ),
+    ]
+    no_work = [r for r in rows if r["subject"] == "no_work"]
+    if no_work:
+        wall = statistics.median(r["wall_s"] for r in no_work)
+        cpu = statistics.median(r["cpu_s"] for r in no_work)
+        lines += [
+            "",
+            f"- fixed cost (no work, median): {wall:.1f} s wall (target <= {FIXED_WALL_S:.0f}), "
+            f"{cpu:.1f} CPU-s (target <= {FIXED_CPU_S:.0f})",
+        ]
+    if demo:
+        lines.append(
+            "- `make demo` after install: "
+            + ", ".join(f"{w:.1f} s wall / {c:.1f} CPU-s" for w, c in demo)
+            + f" (target <= {DEMO_TARGET_S:.0f} s)"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
