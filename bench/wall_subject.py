@@ -24,8 +24,10 @@ DEMOS = {
 }
 
 
-def _time_tag_slots(record: list[float]) -> None:
-    """Time every acquisition the task engine makes (its `concurrency()` calls this)."""
+def _time_tag_slots(record: list[float], requests: list[float], locked: list[float]) -> None:
+    """Time every acquisition the task engine makes (its `concurrency()` calls this), and each
+    request it sends for one: answered (``requests``) or refused as full (423, ``locked``)."""
+    from prefect.client.orchestration import PrefectClient
     from prefect.concurrency import _sync
 
     original = _sync.acquire_concurrency_slots_with_lease
@@ -38,6 +40,20 @@ def _time_tag_slots(record: list[float]) -> None:
             record.append(time.monotonic() - began)
 
     _sync.acquire_concurrency_slots_with_lease = timed
+    send = PrefectClient.increment_concurrency_slots_with_lease
+
+    async def timed_request(self, *args, **kwargs):
+        began = time.monotonic()
+        try:
+            response = await send(self, *args, **kwargs)
+        except Exception as exc:
+            if getattr(getattr(exc, "response", None), "status_code", None) == 423:
+                locked.append(time.monotonic() - began)
+            raise
+        requests.append(time.monotonic() - began)
+        return response
+
+    PrefectClient.increment_concurrency_slots_with_lease = timed_request
 
 
 def no_work() -> None:
@@ -60,7 +76,9 @@ def main(subject: str, workdir: str, out: str) -> None:
     from headroom import leases
 
     tag: list[float] = []
-    _time_tag_slots(tag)
+    requests: list[float] = []
+    locked: list[float] = []
+    _time_tag_slots(tag, requests, locked)
     began = time.monotonic()
     if subject == "no_work":
         no_work()
@@ -70,6 +88,8 @@ def main(subject: str, workdir: str, out: str) -> None:
         json.dumps(
             {
                 "tag_s": tag,
+                "tag_request_s": requests,
+                "tag_locked_s": locked,
                 "memory_s": list(leases.acquired_s),
                 "in_process_s": time.monotonic() - began,
             }

@@ -16,10 +16,7 @@ And the temporary server dies with the process that started it: a watchdog proce
 when that process is gone, however it went. Slots this process let go are given back before
 the temporary server stops at exit.
 
-The temporary server itself is Prefect's, started by Prefect when a process first needs it,
-with two changes (:func:`use_headroom_server`): its app answers again at once the requests
-SQLite refused (headroom.server_app), and its task-run recorder and event persister write in
-batches, so that the slot acquisitions of the tasks meet fewer other writers.
+The temporary server itself is started early and with headroom's app: headroom.temporary_server.
 """
 
 from __future__ import annotations
@@ -41,14 +38,6 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _prepared: set[str] = set()
 _prepared_lock = threading.Lock()
 _watched: set[int] = set()
-# Prefect's defaults write every task-run event in its own transaction; on SQLite each of them
-# can refuse a slot acquisition landing at that moment. Overridden by the environment.
-SERVER_SETTINGS = {
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "2",
-}
 
 
 def api_url() -> str | None:
@@ -179,72 +168,3 @@ def watch_temporary_server() -> int | None:
         start_new_session=True,  # a Ctrl-C to the script's group must not stop it first
     )
     return watchdog.pid
-
-
-def use_headroom_server() -> bool:
-    """On the embedded default (no API URL), have the temporary server Prefect starts for this
-    process run headroom's app and settings (see the module). True when it will; False on a
-    configured server, or when this process's temporary server already exists."""
-    import os
-
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if api_url() is not None or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return False
-    if os.environ.get("HEADROOM_PREFECT_APP", "1") == "0":
-        return False
-    from prefect.server.api.server import SubprocessASGIServer
-
-    if None in SubprocessASGIServer._instances:
-        return isinstance(SubprocessASGIServer._instances[None], _temporary_server_class())
-    _temporary_server_class()()  # registers itself as the one get_client() starts
-    return True
-
-
-_server_class: Any = None
-
-
-def _temporary_server_class() -> Any:
-    """Prefect's temporary server, started with headroom's app factory and settings."""
-    global _server_class
-    if _server_class is not None:
-        return _server_class
-    import os
-
-    import prefect
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import get_current_settings
-
-    class TemporaryServer(SubprocessASGIServer):
-        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            env = {
-                **SERVER_SETTINGS,
-                **os.environ,
-                "PREFECT_UI_ENABLED": "0",
-                "PREFECT__SERVER_EPHEMERAL": "1",
-                "PREFECT__SERVER_FINAL": "1",
-                **get_current_settings().to_environment_variables(exclude_unset=True),
-            }
-            return subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--app-dir",
-                    str(prefect.__module_path__.parent),
-                    "--factory",
-                    "headroom.server_app:create_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "error",
-                    "--lifespan",
-                    "on",
-                ],
-                env=env,
-            )
-
-    _server_class = TemporaryServer
-    return TemporaryServer

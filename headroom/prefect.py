@@ -23,7 +23,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from headroom import leases, local_server
+from headroom import leases, temporary_server
 from headroom.budget import Budget
 from headroom.chunks import Chunking, first_size, shrink
 from headroom.errors import (
@@ -710,6 +710,6 @@ FLOW_HOOKS: dict[str, list[Callable[..., None]]] = {
 }
 
 
-# On the embedded default, the temporary server this process starts is headroom's (before any
+# On the embedded default, the temporary server starts now, with headroom's app (before any
 # client of this process starts Prefect's own).
-local_server.use_headroom_server()
+temporary_server.start_early()
