@@ -9,8 +9,12 @@ headroom's memory-mb slots; p50 / p95 over both). Then `make demo` as a user run
 Targets: wall <= 1.25 x CPU / cores per workload; slot acquisition p50 <= 50 ms, p95 <=
 150 ms; a run with no work <= 5 CPU-s and <= 5 s wall; `make demo` <= 40 s.
 
+Each figure is taken two ways in the same run, alternately: "prefect" = Prefect's own
+temporary server with its default settings (HEADROOM_PREFECT_APP=0, as before issue 21) and
+"headroom" = the temporary server headroom starts (headroom.temporary_server).
+
     .venv/bin/python -m bench.bench_wall [--only no_work fraud_synth ...] [--repeat 2]
-        [--no-demo] [--no-write] [--label LABEL]
+        [--ways prefect headroom] [--no-demo] [--no-write]
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ FIXED_CPU_S, FIXED_WALL_S = 5.0, 5.0
 DEMO_TARGET_S = 40.0
 
 
-def embedded_env(home: Path) -> dict[str, str | None]:
+WAYS = {"prefect": "0", "headroom": "1"}  # HEADROOM_PREFECT_APP
+
+
+def embedded_env(home: Path, way: str) -> dict[str, str | None]:
     """The embedded default in a fresh home: no API URL, SQLite under PREFECT_HOME."""
     return {
+        "HEADROOM_PREFECT_APP": WAYS[way],
         "PREFECT_API_URL": None,
         "PREFECT_HOME": str(home / "prefect"),
         "HEADROOM_STATE_DIR": str(home / "state"),
@@ -66,7 +74,7 @@ def spin(n):
         total += i * i
     return total
 with Pool(int(sys.argv[1])) as pool:
-    pool.map(spin, [40_000_000] * int(sys.argv[1]))
+    pool.map(spin, [25_000_000] * int(sys.argv[1]))
 """
 
 
@@ -75,7 +83,7 @@ def reference_ratio(cores: int) -> float:
     return m.wall_s / (m.cpu_s / cores)
 
 
-def run_subject(subject: str, home: Path, cores: int) -> dict:
+def run_subject(subject: str, home: Path, cores: int, way: str) -> dict:
     workdir = home / "work" / subject
     out = home / f"{subject}.json"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -83,7 +91,7 @@ def run_subject(subject: str, home: Path, cores: int) -> dict:
     m = measure(
         subject,
         [sys.executable, "-m", "bench.wall_subject", subject, str(workdir), str(out)],
-        env=embedded_env(home),
+        env=embedded_env(home, way),
     )
     if m.returncode != 0:
         raise RuntimeError(f"{subject} failed ({m.returncode})")
@@ -91,6 +99,7 @@ def run_subject(subject: str, home: Path, cores: int) -> dict:
     every = slots["tag_s"] + slots["memory_s"]
     return {
         "subject": subject,
+        "way": way,
         "wall_s": m.wall_s,
         "cpu_s": m.cpu_s,
         "ratio": m.wall_s / (m.cpu_s / cores),
@@ -107,14 +116,15 @@ def run_subject(subject: str, home: Path, cores: int) -> dict:
     }
 
 
-def time_make_demo(home: Path) -> tuple[float, float]:
+def time_make_demo(home: Path, way: str) -> tuple[str, float, float, str]:
     """`make demo` after install (the venv and bytecode exist): wall and tree CPU seconds."""
-    env = {k: v for k, v in embedded_env(home).items() if k != "HEADROOM_MEMORY_LIMIT"}
+    before = load()
+    env = {k: v for k, v in embedded_env(home, way).items() if k != "HEADROOM_MEMORY_LIMIT"}
     shutil.rmtree(home / "prefect", ignore_errors=True)
     m = measure("make demo", ["make", "-s", "demo"], env=env, timeout_s=1800)
     if m.returncode != 0:
         raise RuntimeError("make demo failed")
-    return m.wall_s, m.cpu_s
+    return way, m.wall_s, m.cpu_s, before
 
 
 def load() -> str:
@@ -128,7 +138,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--no-demo", action="store_true")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--label", default="embedded default")
+    parser.add_argument("--ways", nargs="*", default=list(WAYS), choices=list(WAYS))
     args = parser.parse_args()
     cores = usable_cores()
     rows = []
@@ -136,25 +146,29 @@ def main() -> None:
         home = Path(scratch)
         for subject in args.only:
             for _ in range(args.repeat):
-                before = load()
-                reference = reference_ratio(cores)
-                r = run_subject(subject, home, cores)
-                r["load"] = before
-                r["reference"] = reference
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-        demo = None if args.no_demo else [time_make_demo(home) for _ in range(args.repeat)]
-    if demo:
-        print(json.dumps({"make_demo": demo}), flush=True)
+                for way in args.ways:
+                    before = load()
+                    reference = reference_ratio(cores)
+                    r = run_subject(subject, home, cores, way)
+                    r["load"] = before
+                    r["reference"] = reference
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+        demo = []
+        for _ in range(0 if args.no_demo else args.repeat):
+            for way in args.ways:
+                demo.append(time_make_demo(home, way))
+                print(json.dumps({"make_demo": demo[-1]}), flush=True)
     if args.no_write:
         return
-    write_section("wall", report(rows, demo, cores, args.label))
+    write_section("wall", report(rows, demo, cores))
 
 
-def report(rows: list[dict], demo: list[tuple[float, float]] | None, cores: int, label: str) -> str:
+def report(rows: list[dict], demo: list[tuple[str, float, float, str]], cores: int) -> str:
     body = [
         [
             r["subject"],
+            r["way"],
             r["wall_s"],
             r["cpu_s"],
             r["ratio"],
@@ -173,8 +187,11 @@ def report(rows: list[dict], demo: list[tuple[float, float]] | None, cores: int,
     lines = [
         "## Wall time on the embedded default (issue 21)",
         "",
-        f"{label}. Each subject in its own process with its own temporary Prefect server on "
-        f"SQLite; CPU = user+sys of the whole tree (server included); ratio = wall / (CPU / "
+        "Each subject in its own process with its own temporary Prefect server on "
+        "SQLite, two ways alternately: prefect = Prefect's own temporary server and settings "
+        "(HEADROOM_PREFECT_APP=0, as before issue 21), headroom = the server headroom starts "
+        "(headroom.temporary_server). CPU = user+sys of the whole tree (server included); "
+        "ratio = wall / (CPU / "
         f"{cores} usable cores), target <= {RATIO_TARGET}. Slots = the run's acquisitions (the "
         "engine's tag slots and headroom's memory-mb slots), target p50 <= 50 ms, p95 <= "
         "150 ms (the whole acquisition, waits for a slot another task holds included); tag "
@@ -187,6 +204,7 @@ def report(rows: list[dict], demo: list[tuple[float, float]] | None, cores: int,
         table(
             [
                 "subject",
+                "server",
                 "wall s",
                 "CPU s",
                 "ratio",
@@ -203,21 +221,30 @@ def report(rows: list[dict], demo: list[tuple[float, float]] | None, cores: int,
             body,
         ),
     ]
-    no_work = [r for r in rows if r["subject"] == "no_work"]
-    if no_work:
-        wall = statistics.median(r["wall_s"] for r in no_work)
-        cpu = statistics.median(r["cpu_s"] for r in no_work)
-        lines += [
-            "",
-            f"- fixed cost (no work, median): {wall:.1f} s wall (target <= {FIXED_WALL_S:.0f}), "
-            f"{cpu:.1f} CPU-s (target <= {FIXED_CPU_S:.0f})",
-        ]
-    if demo:
-        lines.append(
-            "- `make demo` after install: "
-            + ", ".join(f"{w:.1f} s wall / {c:.1f} CPU-s" for w, c in demo)
-            + f" (target <= {DEMO_TARGET_S:.0f} s)"
-        )
+    lines.append("")
+    for way in WAYS:
+        no_work = [r for r in rows if r["subject"] == "no_work" and r["way"] == way]
+        if no_work:
+            wall = statistics.median(r["wall_s"] for r in no_work)
+            cpu = statistics.median(r["cpu_s"] for r in no_work)
+            lines.append(
+                f"- {way}: fixed cost (no work, median of {len(no_work)}): {wall:.1f} s wall "
+                f"(target <= {FIXED_WALL_S:.0f}), {cpu:.1f} CPU-s (target <= {FIXED_CPU_S:.0f})"
+            )
+        slots = [r for r in rows if r["way"] == way and r["subject"] != "no_work"]
+        if slots:
+            lines.append(
+                f"- {way}: slot acquisitions, median over runs of p50 / p95: "
+                f"{1000 * statistics.median(r['p50_s'] for r in slots):.0f} / "
+                f"{1000 * statistics.median(r['p95_s'] for r in slots):.0f} ms"
+            )
+        made = [d for d in demo if d[0] == way]
+        if made:
+            lines.append(
+                f"- {way}: `make demo` after install: "
+                + ", ".join(f"{w:.1f} s wall / {c:.1f} CPU-s (load {ld})" for _, w, c, ld in made)
+                + f" (target <= {DEMO_TARGET_S:.0f} s)"
+            )
     return "\n".join(lines)
 
 
