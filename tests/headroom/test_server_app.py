@@ -1,6 +1,6 @@
 """The temporary server's app: a request SQLite refused (503) is answered again at once, its
 body replayed, under a mounted sub-app as Prefect's API is; and on the embedded default the
-temporary server a process starts runs that app."""
+temporary server a process starts runs that app (Prefect's own with HEADROOM_PREFECT_APP=0)."""
 
 from __future__ import annotations
 
@@ -96,12 +96,17 @@ print(" ".join(psutil.Process(server.pid).cmdline()))
 
 
 @pytest.mark.slow
-def test_the_embedded_default_starts_headroom_app(tmp_path):
+@pytest.mark.parametrize(
+    ("switch", "factory"),
+    [("1", "headroom.server_app:create_app"), ("0", "prefect.server.api.server:create_app")],
+)
+def test_the_embedded_default_starts_headroom_app(tmp_path, switch, factory):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path)
+    env["HEADROOM_PREFECT_APP"] = switch
     done = subprocess.run(
         [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "--factory headroom.server_app:create_app" in done.stdout
+    assert f"--factory {factory}" in done.stdout
