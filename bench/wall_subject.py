@@ -72,6 +72,13 @@ def no_work() -> None:
     no_work_flow()
 
 
+def fraud_synth_1gb(workdir: str) -> None:
+    """fraud_synth at the issue's size: 1 GB, 2 workers (as bench_fraud_synth runs it)."""
+    from flows.fraud_synth import generate_fraud_dataset
+
+    generate_fraud_dataset(size="1GB", out=str(Path(workdir) / "fraud"), max_workers=2)
+
+
 def main(subject: str, workdir: str, out: str) -> None:
     from headroom import leases
 
@@ -82,6 +89,8 @@ def main(subject: str, workdir: str, out: str) -> None:
     began = time.monotonic()
     if subject == "no_work":
         no_work()
+    elif subject == "fraud_synth_1gb":
+        fraud_synth_1gb(workdir)
     else:
         importlib.import_module(DEMOS[subject]).demo(Path(workdir))
     Path(out).write_text(
