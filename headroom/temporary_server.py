@@ -10,8 +10,10 @@ with three changes.
 Prefect still owns it: its ``get_client()`` finds it registered as the temporary server,
 waits until it answers, and stops it at exit; if the settings changed since the early start
 (a test harness's own database), the early one is stopped and a new one started.
-``HEADROOM_PREFECT_APP=0`` leaves Prefect's own. A pytest session starts none early: it
-imports flow modules to collect tests, and its fixtures choose the server.
+``HEADROOM_PREFECT_APP=0`` leaves Prefect's own. None starts early in a pytest session (it
+imports flow modules to collect tests, and its fixtures choose the server) or in a
+multiprocessing child (a Dask worker imports flow modules to run tasks it may be told the
+server of); there Prefect starts its own when it is needed, as before.
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ _server_class: Any = None
 
 def start_early() -> bool:
     """On the embedded default, start this process's temporary server now (see the module).
-    True when it did; False on a configured server, when one already exists, or when
-    ``HEADROOM_PREFECT_APP=0``."""
+    True when it did; False on a configured server, when one already exists, when
+    ``HEADROOM_PREFECT_APP=0``, or in a pytest session or multiprocessing child."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return False
-    if os.environ.get("HEADROOM_PREFECT_APP", "1") == "0" or "pytest" in sys.modules:
+    if os.environ.get("HEADROOM_PREFECT_APP", "1") == "0":
+        return False
+    import multiprocessing
+
+    if "pytest" in sys.modules or multiprocessing.parent_process() is not None:
         return False
     if "prefect.server.api.server" in sys.modules:
         from prefect.server.api.server import SubprocessASGIServer
