@@ -5,10 +5,12 @@ On SQLite, a write transaction that began by reading fails at once ("database is
 SQLITE_BUSY_SNAPSHOT) when another connection wrote in between: slot acquisitions (read the
 limit, then increment it) meet this whenever a task's events, another task's release or a
 lease renewal land in the same few milliseconds. Prefect's server answers 503 and rolls back;
-its client waits about 2 s and asks again. Here the server runs the refused request again
+its client waits about 2 s and asks again. Here the server runs a refused slot request again
 itself, after a few milliseconds, and the client never sees the 503 unless the database stays
 locked for ``RETRY_FOR_S``. Prefect's client resends any 503 whole, so running a refused
-request again is what already happens, only sooner.
+request again is what already happens, only sooner. Only the concurrency-limit endpoints are
+run again here: each is one transaction, so a refused one changed nothing; an endpoint that
+commits in several transactions (logs are written in batches) keeps Prefect's behaviour.
 
     uvicorn --factory headroom.server_app:create_app
 """
@@ -20,6 +22,7 @@ import time
 from typing import Any
 
 RETRY_FOR_S = 1.0
+RETRIED_PATHS = ("/api/v2/concurrency_limits/",)
 FIRST_WAIT_S = 0.005
 LONGEST_WAIT_S = 0.05
 
@@ -28,16 +31,20 @@ Message = dict[str, Any]
 
 
 class RetryRefused:
-    """ASGI middleware: an HTTP request answered 503 runs again (body replayed) until it is
-    answered otherwise or ``retry_for_s`` has passed; then the 503 goes to the client."""
+    """ASGI middleware: an HTTP request to one of ``paths`` answered 503 runs again (body
+    replayed) until it is answered otherwise or ``retry_for_s`` has passed; then the 503 goes
+    to the client. Other requests pass through untouched."""
 
-    def __init__(self, app: Any, retry_for_s: float = RETRY_FOR_S) -> None:
+    def __init__(
+        self, app: Any, retry_for_s: float = RETRY_FOR_S, paths: tuple[str, ...] = RETRIED_PATHS
+    ) -> None:
         self.app = app
         self.retry_for_s = retry_for_s
+        self.paths = paths
         self.retried = 0  # requests run again, for tests and benchmarks
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not scope["path"].startswith(self.paths):
             await self.app(scope, receive, send)
             return
         chunks = []

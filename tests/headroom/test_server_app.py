@@ -40,15 +40,20 @@ def _app(refusals: int) -> tuple[Starlette, list[bytes]]:
     async def busy(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"exception_message": "Service Unavailable"}, status_code=503)
 
-    api = Starlette(routes=[Route("/increment", increment, methods=["POST"])])
+    api = Starlette(
+        routes=[
+            Route("/v2/concurrency_limits/increment", increment, methods=["POST"]),
+            Route("/logs/", increment, methods=["POST"]),
+        ]
+    )
     api.add_exception_handler(Exception, busy)
     return Starlette(routes=[Mount("/api", app=api)]), seen
 
 
-async def _post(app, body: dict) -> httpx.Response:
+async def _post(app, body: dict, path: str = "/api/v2/concurrency_limits/increment"):
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
-        return await client.post("/api/increment", json=body)
+        return await client.post(path, json=body)
 
 
 @pytest.mark.anyio
@@ -69,6 +74,15 @@ async def test_a_request_refused_for_longer_gets_the_503():
     response = await _post(wrapped, {"slots": 1})
     assert response.status_code == 503
     assert 2 <= len(seen) < 100
+
+
+@pytest.mark.anyio
+async def test_a_request_to_another_endpoint_is_not_run_again():
+    app, seen = _app(refusals=1)
+    wrapped = RetryRefused(app)
+    response = await _post(wrapped, {"slots": 1}, path="/api/logs/")
+    assert response.status_code == 503  # logs commit in batches: a rerun could repeat some
+    assert len(seen) == 1 and wrapped.retried == 0
 
 
 @pytest.mark.anyio
