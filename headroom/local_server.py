@@ -15,6 +15,8 @@ has its own lease expiry and other hosts' runs to respect):
 And the temporary server dies with the process that started it: a watchdog process kills it
 when that process is gone, however it went. Slots this process let go are given back before
 the temporary server stops at exit.
+
+The temporary server itself is started early and with headroom's app: headroom.temporary_server.
 """
 
 from __future__ import annotations

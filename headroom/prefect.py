@@ -23,7 +23,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from headroom import leases
+from headroom import leases, temporary_server
 from headroom.attempts import AttemptLog, OpenLogs, failed_outcome
 from headroom.budget import Budget
 from headroom.chunks import Chunking, first_size, shrink
@@ -736,3 +736,8 @@ FLOW_HOOKS: dict[str, list[Callable[..., None]]] = {
     "on_crashed": [crash_rerun_hook, memory_report_hook, forget_process_hook],
     "on_cancellation": [forget_process_hook],
 }
+
+
+# On the embedded default, the temporary server starts now, with headroom's app (before any
+# client of this process starts Prefect's own).
+temporary_server.start_early()

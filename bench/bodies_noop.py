@@ -1,0 +1,5 @@
+"""A body that does nothing and imports nothing: the fixed cost of a budgeted task."""
+
+
+def noop() -> None:
+    """Nothing."""
