@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from headroom.limits import DEFAULT_FILE, Limits, memory_limit_name
+from headroom.limits import Limits, memory_limit_name
 
 ROOT = Path(__file__).resolve().parents[2]
 CREATED = "created the missing concurrency limits"
@@ -59,7 +59,7 @@ def test_a_script_calls_each_workload_on_a_fresh_prefect_home_without_setup(tmp_
 
     # The limits were made by the first run, from deployments/limits.toml, and said once.
     assert output.count(CREATED) == 1, output[-6000:]
-    declared = Limits.load(DEFAULT_FILE)
+    declared = Limits.load(ROOT / "deployments" / "limits.toml")
     expected = {f"tag:{tag}": spec.slots for tag, spec in declared.tags.items()}
     with sqlite3.connect(home / "prefect.db") as db:
         stored = dict(db.execute('SELECT name, "limit" FROM concurrency_limit_v2').fetchall())
