@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 
 
 class HeadroomError(Exception):
@@ -108,6 +110,19 @@ def output_fault(exc: BaseException, path: str) -> OutputUnavailable | None:
         if os.strerror(code) in text:
             return OutputUnavailable(path, detail, code)
     return None
+
+
+@contextlib.contextmanager
+def output_faults(path: str) -> Iterator[None]:
+    """Around writes to ``path``: an OSError that is a fault of the output is raised as
+    :class:`OutputUnavailable` naming ``path`` (see :func:`output_fault`), any other as itself."""
+    try:
+        yield
+    except OSError as exc:
+        fault = output_fault(exc, path)
+        if fault is None:
+            raise
+        raise fault from None
 
 
 class ChunkFloorReached(TerminalError, MemoryError):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from headroom.errors import BadInput, output_fault
+from headroom.errors import BadInput, output_faults
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -231,7 +231,7 @@ def check_writable(*directories: str | os.PathLike[str]) -> None:
             continue
         path = os.path.abspath(parsed.path if parsed.scheme == "file" else text)
         probe = os.path.join(path, f"{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-probe")
-        try:
+        with output_faults(path):
             os.makedirs(path, exist_ok=True)
             try:
                 with open(probe, "wb") as handle:
@@ -241,11 +241,6 @@ def check_writable(*directories: str | os.PathLike[str]) -> None:
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(probe)
-        except OSError as exc:
-            fault = output_fault(exc, path)
-            if fault is None:
-                raise
-            raise fault from None
 
 
 def is_location(out: str) -> bool:

@@ -41,7 +41,7 @@ from flows.iso_lmp.base import (
     canonical_schema,
 )
 from flows.iso_lmp.onepass import OnePass
-from headroom.errors import BadInput, classify_oom, output_fault
+from headroom.errors import BadInput, classify_oom, output_fault, output_faults
 from headroom.guard import duckdb_share
 from headroom.storage import publishing
 
@@ -475,80 +475,62 @@ def publish_partition(
     A partition is never replaced by fewer rows than ``min_replace_share`` of its own
     (BadInput, the published partition kept); an output that cannot be written:
     OutputUnavailable."""
-    try:
-        return _publish_partition(
-            iso, market, month, staging, out, rows_per_chunk, written, min_replace_share
-        )
-    except OSError as exc:
-        fault = output_fault(exc, out)
-        if fault is None:
+    with output_faults(out):
+        from headroom.storage import open_storage
+
+        if not re.fullmatch(r"\d{4}-\d{2}", month):
+            raise ValueError(f"month: {month!r} is not YYYY-MM")
+        storage = open_storage(out)
+        relative = partition_path(iso, market, month)
+        staged = _staged(staging, iso, market, month)
+        parts = [(p, int(m["mtime_ns"]), m["file"]) for p, m in staged]
+        if not parts:
+            return {"partition": relative, "rows": 0, "files": 0}
+        version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        data = posixpath.join(relative, version, "part-00000.parquet")
+        in_order = disjoint_in_time(staged, month)
+        ready = None
+        if written is not None and in_order is not None:
+            ready = written.take(market, month, in_order, {p: m for p, m in staged})
+        if ready is not None:
+            local, rows, checksum = ready
+            storage.put_file(local, data)
+        elif in_order is not None:
+            rows, checksum = _write_parquet(
+                storage, data, _concatenated(in_order, rows_per_chunk), rows_per_chunk
+            )
+        else:
+            rows, checksum = _deduplicated(parts, staging, storage, data, rows_per_chunk)
+        previous = storage.read_json(posixpath.join(relative, MANIFEST))
+        try:
+            check_replacement(
+                relative, parts, (previous or {}).get("rows", 0), rows, min_replace_share
+            )
+        except BadInput:
+            storage.filesystem.delete_dir(storage.path(relative, version))
             raise
-        raise fault from None
-
-
-def _publish_partition(
-    iso: str,
-    market: str,
-    month: str,
-    staging: str,
-    out: str,
-    rows_per_chunk: int,
-    written: OnePass | None,
-    min_replace_share: float,
-) -> dict[str, Any]:
-    from headroom.storage import open_storage
-
-    if not re.fullmatch(r"\d{4}-\d{2}", month):
-        raise ValueError(f"month: {month!r} is not YYYY-MM")
-    storage = open_storage(out)
-    relative = partition_path(iso, market, month)
-    staged = _staged(staging, iso, market, month)
-    parts = [(p, int(m["mtime_ns"]), m["file"]) for p, m in staged]
-    if not parts:
-        return {"partition": relative, "rows": 0, "files": 0}
-    version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-    data = posixpath.join(relative, version, "part-00000.parquet")
-    in_order = disjoint_in_time(staged, month)
-    ready = None
-    if written is not None and in_order is not None:
-        ready = written.take(market, month, in_order, {p: m for p, m in staged})
-    if ready is not None:
-        local, rows, checksum = ready
-        storage.put_file(local, data)
-    elif in_order is not None:
-        rows, checksum = _write_parquet(
-            storage, data, _concatenated(in_order, rows_per_chunk), rows_per_chunk
+        manifest = {
+            "iso": iso,
+            "market": market,
+            "month": month,
+            "version": version,
+            "files": [posixpath.join(version, "part-00000.parquet")],
+            "rows": rows,
+            "checksum": checksum,
+            "sources": sorted(p[2] for p in parts),
+            "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        storage.write_json(posixpath.join(relative, MANIFEST), manifest)  # the atomic swap
+        removed = _remove_old_versions(storage, relative, version)
+        log.info(
+            "%s: %d rows from %d files (%s, %d old versions removed)",
+            relative,
+            rows,
+            len(parts),
+            "written in one pass" if ready else "concatenated" if in_order else "de-duplicated",
+            removed,
         )
-    else:
-        rows, checksum = _deduplicated(parts, staging, storage, data, rows_per_chunk)
-    previous = storage.read_json(posixpath.join(relative, MANIFEST))
-    try:
-        check_replacement(relative, parts, (previous or {}).get("rows", 0), rows, min_replace_share)
-    except BadInput:
-        storage.filesystem.delete_dir(storage.path(relative, version))
-        raise
-    manifest = {
-        "iso": iso,
-        "market": market,
-        "month": month,
-        "version": version,
-        "files": [posixpath.join(version, "part-00000.parquet")],
-        "rows": rows,
-        "checksum": checksum,
-        "sources": sorted(p[2] for p in parts),
-        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    storage.write_json(posixpath.join(relative, MANIFEST), manifest)  # the atomic swap
-    removed = _remove_old_versions(storage, relative, version)
-    log.info(
-        "%s: %d rows from %d files (%s, %d old versions removed)",
-        relative,
-        rows,
-        len(parts),
-        "written in one pass" if ready else "concatenated" if in_order else "de-duplicated",
-        removed,
-    )
-    return {"partition": relative, "rows": rows, "files": len(parts), "checksum": checksum}
+        return {"partition": relative, "rows": rows, "files": len(parts), "checksum": checksum}
 
 
 def check_replacement(
