@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows import fraud_synth_gen as gen
-from flows import fraud_synth_spec as fspec
-from flows import fraud_synth_world_cache as world_cache
-from flows.fraud_synth_params import FraudSynthParams
-from flows.fraud_synth_world import build_world
+from flows.fraud_synth import generate as gen
+from flows.fraud_synth import spec as fspec
+from flows.fraud_synth import world_cache
+from flows.fraud_synth.params import FraudSynthParams
+from flows.fraud_synth.world import build_world
 from headroom.errors import BadInput
 from headroom.storage import TMP_MARK, open_storage
 
