@@ -172,7 +172,7 @@ def test_failing_writer_publishes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 def test_killed_writer_leaves_no_final_file(tmp_path: Path) -> None:
     spec = gen.plan_dataset(transactions=6_000_000, files=1, customers=2_000)
     code = (
-        "import json, sys; from flows import fraud_synth_gen as g; "
+        "import json, sys; from flows.fraud_synth import generate as g; "
         "g.write_transaction_file(sys.argv[1], json.loads(sys.argv[2]), 0, rows_per_chunk=65536)"
     )
     import json
