@@ -26,7 +26,7 @@ from flows.iso_lmp.base import (
     parse_times,
     split_header,
 )
-from headroom.guard import duckdb_share
+from headroom.isolation.guard import duckdb_share
 
 if TYPE_CHECKING:
     import pyarrow as pa

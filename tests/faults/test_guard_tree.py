@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from headroom import OutOfMemory, run_guarded
-from headroom import cgroup as call_cgroup
+from headroom.isolation import cgroup as call_cgroup
 from tests.conftest import IN_CI
 from tests.faults import bodies
 
@@ -127,7 +127,7 @@ def test_cgroups_of_a_killed_guarding_process_are_removed_by_the_next(tmp_path):
 def test_a_pid_reused_by_another_process_is_never_killed():
     import subprocess
 
-    from headroom import proctree
+    from headroom.isolation import proctree
 
     other = subprocess.Popen(["sleep", "60"])
     try:

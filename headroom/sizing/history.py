@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from headroom.chunks import size_class
+from headroom.sizing.chunks import size_class
 
 ENV_STATE_DIR = "HEADROOM_STATE_DIR"
 # Only recent successes speak for a task: inputs and code change.
@@ -20,7 +20,8 @@ def state_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    """Per flow run files: its attempts (headroom.report), its process (headroom.runs)."""
+    """Per flow run files: its attempts (headroom.prefect.report), its process
+    (headroom.prefect.runs)."""
     return state_dir() / "runs"
 
 
