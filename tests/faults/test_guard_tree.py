@@ -105,7 +105,7 @@ def test_cgroups_of_a_killed_guarding_process_are_removed_by_the_next(tmp_path):
     import sys
 
     script = (
-        "import os, time\nfrom headroom import cgroup\n"
+        "import os, time\nfrom headroom.isolation import cgroup\n"
         "group = cgroup.for_call(100)\nprint(group.path, flush=True)\ntime.sleep(60)\n"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
@@ -118,7 +118,7 @@ def test_cgroups_of_a_killed_guarding_process_are_removed_by_the_next(tmp_path):
         process.wait()
     assert left.is_dir()
     subprocess.run(
-        [sys.executable, "-c", "from headroom import cgroup; assert cgroup.available()"],
+        [sys.executable, "-c", "from headroom.isolation import cgroup; assert cgroup.available()"],
         check=True,
     )
     assert not left.exists() and not left.parent.exists()
