@@ -26,7 +26,8 @@ from headroom.isolation.guard import (
     run_guarded_measured,
 )
 from headroom.sizing.chunks import Chunking, first_size, next_size, shrink
-from headroom.sizing.history import History, state_dir
+from headroom.sizing.history import History
+from headroom.state import state_dir
 from headroom.units import duckdb_limit, format_mib, parse_size
 
 __all__ = [
