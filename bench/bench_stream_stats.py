@@ -287,7 +287,7 @@ def main() -> None:
 
 def _kafka(args: argparse.Namespace, dataset: Path, consume) -> tuple[dict, dict, dict]:
     """(ours end to end, the bare consumer's ceiling, the producer) on a throwaway broker."""
-    from flows.stream_stats.sources.kafka_broker import local_broker
+    from deployments.kafka_broker import local_broker
 
     count = int(KAFKA_EVENTS * args.scale)
     with local_broker() as brokers:
