@@ -35,7 +35,10 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -57,6 +60,10 @@ SECURITY_ENV = {
 }
 CONNECT_TIMEOUT_S = 15.0
 FETCH_CHUNK = 10_000  # messages per consume() call
+# librdkafka stops fetching when its queue holds queued.min.messages, and by default waits
+# a whole second before it looks again: a reader that drains the queue in a fraction of
+# that (a micro-batch holds more than the queue) would wait for the broker each time.
+CONSUMER_TUNING = {"fetch.queue.backoff.ms": 20}
 
 
 @dataclass(frozen=True)
@@ -172,10 +179,15 @@ class KafkaSource:
         self.consumer: Any = None
         self.offsets: Mapping[int, int] = {}  # the sink's next offset per partition, live
         self.assigned: set[int] = set()
-        self.pending: list[Any] = []  # messages read but not yet returned
+        # One thread parses the chunks read() consumes; only read() uses it, and waits for it.
+        self.parser = ThreadPoolExecutor(1, thread_name_prefix="kafka-parse")
 
     def start(self, after: tuple[int, int], offsets: Mapping[int, int] | None = None) -> None:
         """Assign every partition at the sink's offsets (``offsets``: its live mapping)."""
+        # The parse thread's modules, imported before the first poll: the first chunk's
+        # parse would otherwise import them, holding the interpreter the consumer needs.
+        import pyarrow.compute  # noqa: F401
+        import pyarrow.json  # noqa: F401
         from confluent_kafka import Consumer
 
         self.offsets = {} if offsets is None else offsets
@@ -184,6 +196,7 @@ class KafkaSource:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            **CONSUMER_TUNING,
         }
         self.consumer = Consumer(config, logger=log)
         self._assign_new(check_reachable(self.consumer, self.target))
@@ -212,15 +225,24 @@ class KafkaSource:
     def read(self, max_events: int, block_ms: int = 1000) -> EventBatch | None:
         """Up to ``max_events`` messages: waits ``block_ms`` for the first, then takes the rest."""
         deadline = time.monotonic() + block_ms / 1000
-        while len(self.pending) < max_events:
-            want = min(FETCH_CHUNK, max_events - len(self.pending))
+        chunks: list[tuple[list[Any], Future]] = []
+        count = 0
+        while count < max_events:
             left = deadline - time.monotonic()
-            got = self.consumer.consume(want, 0 if self.pending else max(0.0, left))
-            self.pending.extend(got)
-            if not got and (self.pending or left <= 0):
+            got = self.consumer.consume(
+                min(FETCH_CHUNK, max_events - count), 0 if count else max(0.0, left)
+            )
+            if got:
+                # Parsed while the next chunk is consumed: Arrow's reader releases the GIL.
+                chunks.append((got, self.parser.submit(parse_chunk, got)))
+                count += len(got)
+            elif count or left <= 0:
                 break
-        taken, self.pending = self.pending[:max_events], self.pending[max_events:]
-        return messages_to_batch(taken, self.offsets) if taken else None
+        if not chunks:
+            return None
+        # Every parse finishes here: nothing runs on after read() returns.
+        parsed = [(messages, future.result()) for messages, future in chunks]
+        return chunks_to_batch(parsed, self.offsets)
 
     def ack(self, batch: EventBatch) -> None:
         """Kafka learns the committed positions, for lag monitoring only."""
@@ -264,18 +286,58 @@ class KafkaSource:
                 self._commit_informational(self.assigned, asynchronous=False)
             self.consumer.close()
             self.consumer = None
+        self.parser.shutdown(wait=True, cancel_futures=True)
 
 
 _NUMBERS = {"transaction_id": int, "ts": int, "customer_id": int, "amount": float}
 
 
-def messages_to_batch(messages: list[Any], offsets: Mapping[int, int]) -> EventBatch | None:
-    """Columns from messages; ones below the sink's offsets dropped, bad ones rejected."""
+@cache
+def _schema() -> Any:
+    """The Arrow schema of a canonical event value."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("transaction_id", pa.int64()),
+            ("ts", pa.int64()),
+            ("customer_id", pa.int64()),
+            ("merchant_category", pa.string()),
+            ("channel", pa.string()),
+            ("amount", pa.float64()),
+            ("is_fraud", pa.bool_()),
+        ]
+    )
+
+
+def parse_chunk(messages: list[Any]) -> Any:
+    """The Arrow table of one consume() chunk, or None if a message is an error or not an event."""
+    from confluent_kafka import Message
+
+    if any(map(Message.error, messages)):
+        return None
+    return _parse_values(list(map(Message.value, messages)))
+
+
+def chunks_to_batch(chunks: list[tuple[list[Any], Any]], offsets: Mapping[int, int]) -> Any:
+    """The batch of consumed chunks, each with its table from :func:`parse_chunk`."""
+    messages = list(chain.from_iterable(chunk for chunk, _ in chunks))
+    tables = [table for _, table in chunks]
+    return messages_to_batch(messages, offsets, None if any(t is None for t in tables) else tables)
+
+
+def messages_to_batch(
+    messages: list[Any], offsets: Mapping[int, int], tables: list[Any] | None = None
+) -> EventBatch | None:
+    """Columns from messages; ones below the sink's offsets dropped, bad ones rejected.
+
+    ``tables``: the messages' values parsed already (all canonical events, no errors).
+    """
     from confluent_kafka import Message
 
     # Unbound methods mapped over the list: one C call per message, no Python frame.
     kept = messages
-    if any(map(Message.error, messages)):
+    if tables is None and any(map(Message.error, messages)):
         kept = [m for m in messages if m.error() is None]
         log.warning("Kafka delivered %d errors instead of messages", len(messages) - len(kept))
     partitions = np.fromiter(map(Message.partition, kept), np.int64, len(kept))
@@ -288,16 +350,25 @@ def messages_to_batch(messages: list[Any], offsets: Mapping[int, int]) -> EventB
         fresh = positions >= floor[partitions]  # committed already: read before a restart
         if not fresh.all():
             kept = [m for m, keep in zip(kept, fresh.tolist(), strict=True) if keep]
-            partitions, positions = partitions[fresh], positions[fresh]
+            partitions, positions, tables = partitions[fresh], positions[fresh], None
     if not kept:
         return None
     next_offsets = {
         int(p): int(positions[partitions == p].max()) + 1 for p in np.unique(partitions).tolist()
     }
+    if tables is not None:
+        import pyarrow as pa
+
+        table = pa.concat_tables(tables)
+        return batch_from_columns(
+            partitions, positions, {name: table[name] for name in FIELDS}, offsets=next_offsets
+        )
     values = list(map(Message.value, kept))
-    columns = _parse_all(values)
+    parsed = _parse_values(values)
     rejects: list[tuple[str, str]] = []
-    if columns is None:  # some value is not a canonical event: one by one, with reasons
+    if parsed is not None:
+        columns: dict[str, Any] = {name: parsed[name] for name in FIELDS}
+    else:  # some value is not a canonical event: one by one, with reasons
         rows, good = [], []
         for i, value in enumerate(values):
             event, reason = parse_event(value)
@@ -316,8 +387,8 @@ def messages_to_batch(messages: list[Any], offsets: Mapping[int, int]) -> EventB
     return batch_from_columns(partitions, positions, columns, rejects=rejects, offsets=next_offsets)
 
 
-def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
-    """Columns of all values at once (Arrow's JSON reader), or None if any is not canonical."""
+def _parse_values(values: list[bytes | None]) -> Any:
+    """An Arrow table of the values (Arrow's JSON reader), or None if any is not canonical."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.json as pj
@@ -328,22 +399,13 @@ def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
         return None
     if joined.count(b"\n") != len(values) - 1:  # a value spans lines: not one JSON per line
         return None
-    schema = pa.schema(
-        [
-            ("transaction_id", pa.int64()),
-            ("ts", pa.int64()),
-            ("customer_id", pa.int64()),
-            ("merchant_category", pa.string()),
-            ("channel", pa.string()),
-            ("amount", pa.float64()),
-            ("is_fraud", pa.bool_()),
-        ]
-    )
     try:
         table = pj.read_json(
             pa.BufferReader(joined),
+            # One chunk is small, and read() already parses beside the consumer.
+            read_options=pj.ReadOptions(use_threads=False),
             parse_options=pj.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="ignore"
+                explicit_schema=_schema(), unexpected_field_behavior="ignore"
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -352,7 +414,7 @@ def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
         return None
     if not pc.all(pc.is_finite(table["amount"])).as_py():
         return None
-    return {name: table[name] for name in FIELDS}
+    return table
 
 
 def parse_event(value: bytes | None) -> tuple[dict[str, Any] | None, str]:

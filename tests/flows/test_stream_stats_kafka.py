@@ -118,6 +118,26 @@ def test_round_trip_through_produce_three_partitions_keys_spread(dataset, topic_
     assert all(len(partitions) == 1 for partitions in where.values())
 
 
+def parse_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("kafka-parse")]
+
+
+def test_chunks_parsed_beside_the_consumer_give_the_windows_of_the_baseline(
+    dataset, topic_url, tmp_path, monkeypatch
+):
+    """Many consume() chunks per micro-batch, each parsed on the parse thread while the next
+    is consumed: the same windows as the per-event baseline, and no thread left after."""
+    from flows import stream_kafka
+
+    monkeypatch.setattr(stream_kafka, "FETCH_CHUNK", 97)
+    produce(dataset, topic_url)
+    result = consume(topic_url, tmp_path / "s.duckdb", max_batch=2_000)
+    assert result["events"] == 9_000 and result["rejected"] == 0
+    assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+    assert sum(sink_offsets(tmp_path / "s.duckdb").values()) == 9_000
+    assert parse_threads() == []
+
+
 def test_group_offsets_in_kafka_follow_the_sink_for_lag(dataset, topic_url, tmp_path):
     from confluent_kafka import Consumer, TopicPartition
 
@@ -213,10 +233,17 @@ def test_sigkill_mid_run_then_run_again_counts_each_event_once(dataset, topic_ur
     assert sum(sink_offsets(sink).values()) == 9_000
 
 
-def test_malformed_messages_are_rejected_with_partition_and_offset(kafka_broker, tmp_path):
+@pytest.mark.parametrize("chunk", [10_000, 2])
+def test_malformed_messages_are_rejected_with_partition_and_offset(
+    kafka_broker, tmp_path, monkeypatch, chunk
+):
+    """One consume() chunk for all messages, or good and bad ones in chunks of their own."""
     from confluent_kafka import Producer
 
+    from flows import stream_kafka
     from flows.stream_kafka import create_topic
+
+    monkeypatch.setattr(stream_kafka, "FETCH_CHUNK", chunk)
 
     url = f"kafka://{kafka_broker}/bad-{uuid.uuid4().hex[:8]}?group=stats"
     create_topic(parse_kafka_source(url), 3)
@@ -259,6 +286,7 @@ def test_malformed_messages_are_rejected_with_partition_and_offset(kafka_broker,
     assert amount == 20.0
     reasons = " ".join(reason for _, reason in rejects)
     assert "not JSON" in reasons and "field amount" in reasons and "lacks ['ts']" in reasons
+    assert parse_threads() == []
 
 
 def test_another_group_member_joins_then_leaves_nothing_twice_or_lost(dataset, topic_url, tmp_path):
