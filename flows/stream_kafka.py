@@ -38,7 +38,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -225,7 +224,7 @@ class KafkaSource:
     def read(self, max_events: int, block_ms: int = 1000) -> EventBatch | None:
         """Up to ``max_events`` messages: waits ``block_ms`` for the first, then takes the rest."""
         deadline = time.monotonic() + block_ms / 1000
-        chunks: list[tuple[list[Any], Future]] = []
+        chunks: list[Future] = []
         count = 0
         while count < max_events:
             left = deadline - time.monotonic()
@@ -233,16 +232,16 @@ class KafkaSource:
                 min(FETCH_CHUNK, max_events - count), 0 if count else max(0.0, left)
             )
             if got:
-                # Parsed while the next chunk is consumed: Arrow's reader releases the GIL.
-                chunks.append((got, self.parser.submit(parse_chunk, got)))
+                # Parsed while the next chunk is consumed (Arrow's reader releases the GIL),
+                # and the messages freed then, as a bare consumer frees them.
+                chunks.append(self.parser.submit(parse_chunk, got))
                 count += len(got)
             elif count or left <= 0:
                 break
         if not chunks:
             return None
         # Every parse finishes here: nothing runs on after read() returns.
-        parsed = [(messages, future.result()) for messages, future in chunks]
-        return chunks_to_batch(parsed, self.offsets)
+        return chunks_to_batch([future.result() for future in chunks], self.offsets)
 
     def ack(self, batch: EventBatch) -> None:
         """Kafka learns the committed positions, for lag monitoring only."""
@@ -310,81 +309,87 @@ def _schema() -> Any:
     )
 
 
-def parse_chunk(messages: list[Any]) -> Any:
-    """The Arrow table of one consume() chunk, or None if a message is an error or not an event."""
-    from confluent_kafka import Message
+@dataclass
+class Chunk:
+    """One consume() chunk: each message's partition and offset, and its values parsed."""
 
-    if any(map(Message.error, messages)):
-        return None
-    return _parse_values(list(map(Message.value, messages)))
-
-
-def chunks_to_batch(chunks: list[tuple[list[Any], Any]], offsets: Mapping[int, int]) -> Any:
-    """The batch of consumed chunks, each with its table from :func:`parse_chunk`."""
-    messages = list(chain.from_iterable(chunk for chunk, _ in chunks))
-    tables = [table for _, table in chunks]
-    return messages_to_batch(messages, offsets, None if any(t is None for t in tables) else tables)
+    partitions: np.ndarray
+    positions: np.ndarray
+    table: Any  # the Arrow table of all values, or None if one is not a canonical event
+    values: list[bytes | None]  # kept only where ``table`` is None
 
 
-def messages_to_batch(
-    messages: list[Any], offsets: Mapping[int, int], tables: list[Any] | None = None
-) -> EventBatch | None:
-    """Columns from messages; ones below the sink's offsets dropped, bad ones rejected.
-
-    ``tables``: the messages' values parsed already (all canonical events, no errors).
-    """
+def parse_chunk(messages: list[Any]) -> Chunk:
+    """The :class:`Chunk` of messages (errors Kafka delivered instead of messages dropped)."""
     from confluent_kafka import Message
 
     # Unbound methods mapped over the list: one C call per message, no Python frame.
-    kept = messages
-    if tables is None and any(map(Message.error, messages)):
+    if any(map(Message.error, messages)):
         kept = [m for m in messages if m.error() is None]
         log.warning("Kafka delivered %d errors instead of messages", len(messages) - len(kept))
-    partitions = np.fromiter(map(Message.partition, kept), np.int64, len(kept))
-    positions = np.fromiter(map(Message.offset, kept), np.int64, len(kept))
-    if offsets and len(kept):
+        messages = kept
+    values = list(map(Message.value, messages))
+    table = _parse_values(values)
+    return Chunk(
+        np.fromiter(map(Message.partition, messages), np.int64, len(messages)),
+        np.fromiter(map(Message.offset, messages), np.int64, len(messages)),
+        table,
+        [] if table is not None else values,
+    )
+
+
+def chunks_to_batch(chunks: list[Chunk], offsets: Mapping[int, int]) -> EventBatch | None:
+    """One batch of chunks in order; messages below the sink's offsets dropped, bad ones
+    rejected with their partition and offset."""
+    partitions = np.concatenate([c.partitions for c in chunks])
+    positions = np.concatenate([c.positions for c in chunks])
+    fresh = np.ones(len(partitions), dtype=bool)
+    if offsets and len(partitions):
         floor = np.zeros(int(partitions.max()) + 1, dtype=np.int64)
         for partition, offset in offsets.items():
             if partition < len(floor):
                 floor[partition] = offset
         fresh = positions >= floor[partitions]  # committed already: read before a restart
-        if not fresh.all():
-            kept = [m for m, keep in zip(kept, fresh.tolist(), strict=True) if keep]
-            partitions, positions, tables = partitions[fresh], positions[fresh], None
-    if not kept:
+    partitions, positions = partitions[fresh], positions[fresh]
+    if not len(partitions):
         return None
     next_offsets = {
         int(p): int(positions[partitions == p].max()) + 1 for p in np.unique(partitions).tolist()
     }
-    if tables is not None:
+    if all(c.table is not None for c in chunks):
         import pyarrow as pa
 
-        table = pa.concat_tables(tables)
-        return batch_from_columns(
-            partitions, positions, {name: table[name] for name in FIELDS}, offsets=next_offsets
-        )
-    values = list(map(Message.value, kept))
-    parsed = _parse_values(values)
-    rejects: list[tuple[str, str]] = []
-    if parsed is not None:
-        columns: dict[str, Any] = {name: parsed[name] for name in FIELDS}
-    else:  # some value is not a canonical event: one by one, with reasons
-        rows, good = [], []
-        for i, value in enumerate(values):
-            event, reason = parse_event(value)
-            if event is None:
-                where = f"partition {partitions[i]} offset {positions[i]}"
-                rejects.append((where, reason))
-                log.warning("%s rejected: %s", where, reason)
-            else:
-                rows.append(event)
-                good.append(i)
-        partitions, positions = partitions[good], positions[good]
-        columns = {name: [row[name] for row in rows] for name in FIELDS}
-        columns["ts"] = np.array(columns["ts"], dtype=np.int64)
-        for name in KEY_FIELDS:
-            columns[name] = [str(v) for v in columns[name]]
-    return batch_from_columns(partitions, positions, columns, rejects=rejects, offsets=next_offsets)
+        from flows.stream_arrow import column
+
+        table = pa.concat_tables([c.table for c in chunks])
+        if not fresh.all():
+            table = table.filter(column(fresh))
+        columns = {name: table[name] for name in FIELDS}
+        return batch_from_columns(partitions, positions, columns, offsets=next_offsets)
+    # Some value is not a canonical event: one by one, with reasons.
+    parsed: list[tuple[dict[str, Any] | None, str]] = []
+    for chunk in chunks:
+        if chunk.table is not None:
+            parsed.extend((row, "") for row in chunk.table.to_pylist())
+        else:
+            parsed.extend(map(parse_event, chunk.values))
+    rows, good, rejects = [], [], []
+    kept = (item for item, keep in zip(parsed, fresh.tolist(), strict=True) if keep)
+    for i, (event, reason) in enumerate(kept):
+        if event is None:
+            where = f"partition {partitions[i]} offset {positions[i]}"
+            rejects.append((where, reason))
+            log.warning("%s rejected: %s", where, reason)
+        else:
+            rows.append(event)
+            good.append(i)
+    columns = {name: [row[name] for row in rows] for name in FIELDS}
+    columns["ts"] = np.array(columns["ts"], dtype=np.int64)
+    for name in KEY_FIELDS:
+        columns[name] = [str(v) for v in columns[name]]
+    return batch_from_columns(
+        partitions[good], positions[good], columns, rejects=rejects, offsets=next_offsets
+    )
 
 
 def _parse_values(values: list[bytes | None]) -> Any:

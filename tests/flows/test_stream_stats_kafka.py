@@ -373,3 +373,41 @@ def test_closed_port_names_the_broker_and_the_parameter():
         source.start((-1, -1))
     assert time.monotonic() - started < 30
     source.close()
+
+
+def test_messages_below_the_sinks_offsets_are_dropped_parsed_or_rejected_alike():
+    """Chunks parsed whole (the fast path) or one message at a time (some value is not an
+    event) keep the same events: those at or past the sink's next offset of their partition."""
+    from confluent_kafka import Message
+
+    from flows.stream_kafka import chunks_to_batch, parse_chunk
+
+    def message(partition: int, offset: int, value: bytes | None = None) -> Message:
+        event = {
+            "transaction_id": 10 * partition + offset,
+            "ts": 1_704_067_200_000 + offset,
+            "customer_id": 7,
+            "merchant_category": "travel",
+            "channel": "online",
+            "amount": 1.5,
+            "is_fraud": False,
+        }
+        value = json.dumps(event).encode() if value is None else value
+        return Message(topic="t", partition=partition, offset=offset, value=value)
+
+    first = [message(0, offset) for offset in range(3)]
+    second = [message(1, offset) for offset in range(3)]
+    sink = {0: 2, 1: 1}
+    batch = chunks_to_batch([parse_chunk(first), parse_chunk(second)], sink)
+    assert batch is not None and batch.offsets == {0: 3, 1: 3}
+    assert batch.transaction_id.tolist() == [2, 11, 12] and batch.rejects == []
+    second[0] = message(1, 0, b"not json")  # below the sink's offset: neither kept nor rejected
+    batch = chunks_to_batch([parse_chunk(first), parse_chunk(second)], sink)
+    assert batch is not None and batch.transaction_id.tolist() == [2, 11, 12]
+    assert batch.rejects == []
+    second[1] = message(1, 1, b"[]")
+    batch = chunks_to_batch([parse_chunk(first), parse_chunk(second)], sink)
+    assert batch is not None and batch.transaction_id.tolist() == [2, 12]
+    assert [where for where, _ in batch.rejects] == ["partition 1 offset 1"]
+    assert batch.id_hi.tolist() == [0, 1] and batch.id_lo.tolist() == [2, 2]
+    assert chunks_to_batch([parse_chunk(first[:2])], sink) is None  # all applied already
