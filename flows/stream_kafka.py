@@ -17,10 +17,14 @@ committed after the sink's, only for lag monitoring; other members of the group 
 reader, a rebalance among them) never move this consumer.
 
 Speed (figures in BENCHMARKS.md): joining a group cost 5 s on Tansu (its JoinGroup waits half
-the session timeout) and per-message Python calls dominated; now there is no join, message
-fields are read with the unbound ``Message`` methods mapped over a batch, and all values of
-a batch are parsed at once by Arrow's JSON reader (one message at a time only when some
-value is not a canonical event, to name each reject's partition and offset).
+the session timeout), so there is no join. read() hands each consume() chunk to one parse
+thread, which maps the unbound ``Message`` methods over it (one C call per message, no Python
+frame), parses all its values at once with Arrow's JSON reader (one message at a time only
+when some value is not a canonical event, to name each reject's partition and offset) and
+lets the messages go; the next chunk is consumed meanwhile. read() waits for every parse
+before it returns, so nothing runs beside the commit, the seek or close(). librdkafka's
+fetch backoff is shortened (CONSUMER_TUNING): with its default a full local queue stalls
+fetching for a second.
 
 Event time is one watermark over all partitions (as in Spark): partitions consumed far apart
 in time make the slower one's events late, so the watermark must cover that spread.
