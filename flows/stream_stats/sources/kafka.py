@@ -3,7 +3,7 @@
 Pure logic without prefect. ``kafka://host:port[,host2:port]/TOPIC?group=NAME``; security
 settings come from the environment of the worker (no Secret block is read), never from the
 URL. A message's key is the customer id, its value a JSON object with the seven event
-fields (flows.stream_stats.flow.events.FIELDS, ``ts`` in epoch ms).
+fields (flows.stream_stats.events.FIELDS, ``ts`` in epoch ms).
 
 Exactly once: the sink, not Kafka, owns the positions (as in Spark's and Flink's Kafka
 sources). The consumer assigns itself every partition of the topic (``assign``, no group
@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from flows.stream_stats.flow.events import FIELDS, KEY_FIELDS, EventBatch, batch_from_columns
+from flows.stream_stats.events import FIELDS, KEY_FIELDS, EventBatch, batch_from_columns
 from headroom.errors import BadInput
 
 log = logging.getLogger(__name__)
