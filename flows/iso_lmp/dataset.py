@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import (
     CANONICAL_COLUMNS,
     PUBLISHED_PARQUET,
@@ -40,6 +39,7 @@ from flows.iso_lmp.base import (
     Market,
     canonical_schema,
 )
+from flows.iso_lmp.formats import iso_format
 from flows.iso_lmp.onepass import OnePass
 from headroom.errors import BadInput, classify_oom, output_fault, output_faults
 from headroom.guard import duckdb_share
@@ -752,7 +752,6 @@ def read_dataset(out: str, iso: str | None = None) -> pa.Table:
 
 
 __all__ = [
-    "ISOS",
     "RawFile",
     "convert_file",
     "convert_files",
