@@ -12,27 +12,16 @@ are null.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from flows.iso_lmp.base import (
-    US_PER_MINUTE,
-    IsoFormat,
-    IsoParseError,
-    Market,
-    canonical_table,
-    csv_batches,
-    epoch_days,
-    first_lines,
-    guard_zip,
-    hour_ending_starts,
-    open_zip_csv,
-    prices,
-    split_header,
-)
+from flows.iso_lmp import base
+from flows.iso_lmp.base import US_PER_MINUTE, IsoFormat, IsoParseError, Layout, Market
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 DA_COLUMNS = ("DeliveryDate", "HourEnding", "SettlementPoint", "SettlementPointPrice", "DSTFlag")
@@ -96,85 +85,97 @@ class Ercot(IsoFormat):
             return f"{prefix}.{posted:%Y%m%d}.123000.DAMSPNP4190_csv.zip"
         return f"{prefix}.{day:%Y%m%d}.001502.SPPHLZNP6905_{day:%Y%m%d}_0015_csv.zip"
 
-    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical rows of one ERCOT zip."""
-        archive, member = open_zip_csv(path)
-        with archive, member:
-            header = first_lines(path, 1, source=member)
-        columns = self.raw_columns[market]
-        if not header:
-            raise IsoParseError(path, "empty CSV in zip", 1)
-        self.check_header(path, split_header(header[0]), columns, 1)
-        archive, member = open_zip_csv(path)
-        with archive, member:
-            yield from guard_zip(path, self._rows(path, market, member, chunk_rows))
+    def source(self, path: Path) -> AbstractContextManager[BinaryIO]:
+        return base.zip_member(path)
 
-    def _rows(self, path: Path, market: Market, member, chunk_rows: int):
+    def layout(self, path: Path, market: Market, source: BinaryIO) -> Layout:
+        """The header, read from the zip opened a second time: the stream is read once."""
+        with base.zip_member(path) as member:
+            return super().layout(path, market, member)
+
+    def batches(
+        self, path: Path, market: Market, source: BinaryIO, layout: Layout, chunk_rows: int
+    ) -> Iterator[tuple[Any, pa.RecordBatch]]:
+        return base.guard_zip(path, super().batches(path, market, source, layout, chunk_rows))
+
+    def csv_options(self, market: Market) -> dict[str, Any]:
+        hour, location = _hour_and_location(market)
+        return {
+            "bytes_per_row": 60,
+            "string_columns": ("DeliveryDate", hour, location, "DSTFlag"),
+            "float_columns": ("SettlementPointPrice",),
+            "text_prices": True,  # prices may carry a leading space
+        }
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, lines: Any, context: Any
+    ) -> pa.Table:
         import numpy as np
-        import pyarrow as pa
         import pyarrow.compute as pc
 
-        real_time = market is Market.REAL_TIME_15_MIN
-        hour_column = "DeliveryHour" if real_time else "HourEnding"
-        location = "SettlementPointName" if real_time else "SettlementPoint"
-        for start, batch in csv_batches(
-            member,
-            path,
-            skip_rows=0,
-            column_names=None,
-            chunk_rows=chunk_rows,
-            bytes_per_row=60,
-            string_columns=("DeliveryDate", hour_column, location, "DSTFlag"),
-            float_columns=("SettlementPointPrice",),
-            text_prices=True,  # prices may carry a leading space
-        ):
-            line = start + 2
-            text = pc.utf8_trim_whitespace(batch.column(hour_column))
-            digits = pc.utf8_slice_codeunits(text, 0, 2) if not real_time else text
-            try:
-                hours = pc.cast(digits, "int64").to_numpy()
-            except Exception:
-                values = text.to_pylist()
-                at = next(i for i, v in enumerate(values) if not (v or "")[:2].isdigit())
+        hour_column, location = _hour_and_location(market)
+        hours = _hours(path, batch.column(hour_column), market, lines, hour_column)
+        flags = _dst_flags(path, batch.column("DSTFlag"), lines)
+        days = base.epoch_days(
+            path, batch.column("DeliveryDate"), "%m/%d/%Y", "DeliveryDate", lines
+        )
+        utc = base.hour_ending_starts(path, days, hours, flags, self.zone, lines, hour_column)
+        if market is Market.REAL_TIME_15_MIN:
+            interval = pc.cast(batch.column("DeliveryInterval"), "int64").to_numpy()
+            if ((interval < 1) | (interval > 4)).any():
+                at = int(np.flatnonzero((interval < 1) | (interval > 4))[0])
                 raise IsoParseError(
-                    path, f"bad hour {values[at]!r}", line + at, hour_column
-                ) from None
-            flags = pc.utf8_trim_whitespace(batch.column("DSTFlag"))
-            wrong = pc.invert(pc.is_in(flags, value_set=pa.array(["Y", "N"])))
-            if pc.any(wrong).as_py():
-                at = int(np.flatnonzero(wrong.to_numpy(False))[0])
-                raise IsoParseError(path, f"bad DSTFlag {flags[at]}", line + at, "DSTFlag")
-            days = epoch_days(path, batch.column("DeliveryDate"), "%m/%d/%Y", "DeliveryDate", line)
-            utc = hour_ending_starts(
-                path,
-                days,
-                hours,
-                pc.equal(flags, "Y").to_numpy(False),
-                self.zone,
-                line,
-                hour_column,
-            )
-            if real_time:
-                interval = pc.cast(batch.column("DeliveryInterval"), "int64").to_numpy()
-                if ((interval < 1) | (interval > 4)).any():
-                    at = int(np.flatnonzero((interval < 1) | (interval > 4))[0])
-                    raise IsoParseError(
-                        path, f"bad interval {interval[at]}", line + at, "DeliveryInterval"
-                    )
-                utc = utc + (interval - 1) * 15 * US_PER_MINUTE
-                types = batch.column("SettlementPointType")
-            else:
-                types = _point_types(batch.column(location))
-            yield canonical_table(
-                self.iso_id,
-                market,
-                self.zone,
-                utc,
-                batch.column(location),
-                types,
-                prices(path, batch.column("SettlementPointPrice"), "SettlementPointPrice", line),
-                None,
-                None,
-                None,
-                np.arange(line, line + batch.num_rows),
-            )
+                    path, f"bad interval {interval[at]}", lines + at, "DeliveryInterval"
+                )
+            utc = utc + (interval - 1) * 15 * US_PER_MINUTE
+            types = batch.column("SettlementPointType")
+        else:
+            types = _point_types(batch.column(location))
+        return base.canonical_table(
+            self.iso_id,
+            market,
+            self.zone,
+            utc,
+            batch.column(location),
+            types,
+            base.prices(path, batch.column("SettlementPointPrice"), "SettlementPointPrice", lines),
+            None,
+            None,
+            None,
+            np.arange(lines, lines + batch.num_rows),
+        )
+
+
+def _hour_and_location(market: Market) -> tuple[str, str]:
+    """The hour and settlement point columns of a market's files."""
+    if market is Market.REAL_TIME_15_MIN:
+        return "DeliveryHour", "SettlementPointName"
+    return "HourEnding", "SettlementPoint"
+
+
+def _hours(path: Path, labels: pa.Array, market: Market, line: int, column: str) -> np.ndarray:
+    """Hour numbers: real-time ``DeliveryHour`` is one, day-ahead ``HourEnding`` is ``HH:00``."""
+    import pyarrow.compute as pc
+
+    text = pc.utf8_trim_whitespace(labels)
+    digits = text if market is Market.REAL_TIME_15_MIN else pc.utf8_slice_codeunits(text, 0, 2)
+    try:
+        return pc.cast(digits, "int64").to_numpy()
+    except Exception:
+        values = text.to_pylist()
+        at = next(i for i, v in enumerate(values) if not (v or "")[:2].isdigit())
+        raise IsoParseError(path, f"bad hour {values[at]!r}", line + at, column) from None
+
+
+def _dst_flags(path: Path, flags: pa.Array, line: int) -> np.ndarray:
+    """Whether each row is the second (standard-time) copy of the repeated hour."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flags = pc.utf8_trim_whitespace(flags)
+    wrong = pc.invert(pc.is_in(flags, value_set=pa.array(["Y", "N"])))
+    if pc.any(wrong).as_py():
+        at = int(np.flatnonzero(wrong.to_numpy(False))[0])
+        raise IsoParseError(path, f"bad DSTFlag {flags[at]}", line + at, "DSTFlag")
+    return pc.equal(flags, "Y").to_numpy(False)

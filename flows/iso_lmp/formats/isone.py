@@ -9,22 +9,11 @@ data rows, a trailer. Hour ending ``01``-``24`` local; the repeated fall-back ho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from flows.iso_lmp.base import (
-    IsoFormat,
-    IsoParseError,
-    Market,
-    canonical_table,
-    csv_batches,
-    epoch_days,
-    first_lines,
-    hour_ending_starts,
-    prices,
-    split_header,
-)
+from flows.iso_lmp import base
+from flows.iso_lmp.base import IsoFormat, IsoParseError, Layout, Market
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -69,73 +58,73 @@ class Isone(IsoFormat):
     }
     time_column = "Hour Ending"
 
-    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical rows of the ``D`` rows of one ISO-NE file."""
-        import numpy as np
-        import pyarrow.compute as pc
-
-        leading = first_lines(path, MAX_HEADER_LINES)
+    def layout(self, path: Path, market: Market, source: Path) -> Layout | None:
+        """Rows start at the first ``"D"`` row; the first ``"H"`` line before it is the header."""
+        leading = base.first_lines(source, MAX_HEADER_LINES)
         skip = 0
         while skip < len(leading) and not leading[skip].startswith('"D"'):
             skip += 1
         headers = [i for i, text in enumerate(leading[:skip]) if text.startswith('"H"')]
         if not headers:
             raise IsoParseError(path, 'no "H" header line', 1)
-        self.check_header(path, split_header(leading[headers[0]])[1:], COLUMNS, headers[0] + 1)
+        self.check_header(path, base.split_header(leading[headers[0]])[1:], COLUMNS, headers[0] + 1)
         if skip == len(leading) and len(leading) < MAX_HEADER_LINES:
-            return  # a file without data rows: nothing to convert
-        names = ("kind", *COLUMNS)
-        for start, batch in csv_batches(
-            path,
-            path,
-            skip_rows=skip,
-            column_names=names,
-            chunk_rows=chunk_rows,
-            bytes_per_row=140,
-            string_columns=("kind", "Date", "Hour Ending", "Location Name", "Location Type"),
-            float_columns=PRICES,
-            trailer_prefixes=('"T"', '"C"'),
-        ):
-            first = skip + start + 1
-            lines = np.arange(first, first + batch.num_rows)
-            kinds = batch.column("kind")
-            data = pc.equal(kinds, "D")
-            if not pc.all(data).as_py():
-                comment = pc.equal(kinds, "C").to_numpy(False)
-                odd = ~data.to_numpy(False) & ~comment
-                if odd.any():
-                    at = int(np.flatnonzero(odd)[0])
-                    raise IsoParseError(path, f"unexpected row type {kinds[at]}", int(lines[at]))
-                batch, lines = batch.filter(data), lines[~comment]
-                if not batch.num_rows:
-                    continue
-            line = lines
-            labels = pc.utf8_trim_whitespace(batch.column("Hour Ending"))
-            repeat = pc.ends_with(labels, "X")
-            numbers = pc.utf8_rtrim(labels, characters="X")
-            try:
-                hours = pc.cast(numbers, "int64").to_numpy()
-            except Exception:
-                values = numbers.to_pylist()
-                at = next(i for i, v in enumerate(values) if not (v or "").isdigit())
-                raise IsoParseError(
-                    path, f"bad hour ending {values[at]!r}", int(lines[at]), "Hour Ending"
-                ) from None
-            days = epoch_days(path, batch.column("Date"), "%m/%d/%Y", "Date", line)
-            utc = hour_ending_starts(
-                path, days, hours, repeat.to_numpy(False), self.zone, line, "Hour Ending"
-            )
-            values = {c: prices(path, batch.column(c), c, line) for c in PRICES}
-            yield canonical_table(
-                self.iso_id,
-                market,
-                self.zone,
-                utc,
-                batch.column("Location Name"),
-                batch.column("Location Type"),
-                values["Locational Marginal Price"],
-                values["Energy Component"],
-                values["Congestion Component"],
-                values["Marginal Loss Component"],
-                lines,
-            )
+            return None  # a file without data rows: nothing to convert
+        return Layout(skip_rows=skip, column_names=("kind", *COLUMNS))
+
+    def csv_options(self, market: Market) -> dict[str, Any]:
+        return {
+            "bytes_per_row": 140,
+            "string_columns": ("kind", "Date", "Hour Ending", "Location Name", "Location Type"),
+            "float_columns": PRICES,
+            "trailer_prefixes": ('"T"', '"C"'),
+        }
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, lines: Any, context: Any
+    ) -> pa.Table | None:
+        """The batch's ``D`` rows; ``C`` comments among them are dropped."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        lines = np.arange(lines, lines + batch.num_rows)
+        kinds = batch.column("kind")
+        data = pc.equal(kinds, "D")
+        if not pc.all(data).as_py():
+            comment = pc.equal(kinds, "C").to_numpy(False)
+            odd = ~data.to_numpy(False) & ~comment
+            if odd.any():
+                at = int(np.flatnonzero(odd)[0])
+                raise IsoParseError(path, f"unexpected row type {kinds[at]}", int(lines[at]))
+            batch, lines = batch.filter(data), lines[~comment]
+            if not batch.num_rows:
+                return None
+        labels = pc.utf8_trim_whitespace(batch.column("Hour Ending"))
+        repeat = pc.ends_with(labels, "X")
+        numbers = pc.utf8_rtrim(labels, characters="X")
+        try:
+            hours = pc.cast(numbers, "int64").to_numpy()
+        except Exception:
+            values = numbers.to_pylist()
+            at = next(i for i, v in enumerate(values) if not (v or "").isdigit())
+            raise IsoParseError(
+                path, f"bad hour ending {values[at]!r}", int(lines[at]), "Hour Ending"
+            ) from None
+        days = base.epoch_days(path, batch.column("Date"), "%m/%d/%Y", "Date", lines)
+        utc = base.hour_ending_starts(
+            path, days, hours, repeat.to_numpy(False), self.zone, lines, "Hour Ending"
+        )
+        values = {c: base.prices(path, batch.column(c), c, lines) for c in PRICES}
+        return base.canonical_table(
+            self.iso_id,
+            market,
+            self.zone,
+            utc,
+            batch.column("Location Name"),
+            batch.column("Location Type"),
+            values["Locational Marginal Price"],
+            values["Energy Component"],
+            values["Congestion Component"],
+            values["Marginal Loss Component"],
+            lines,
+        )
