@@ -90,8 +90,8 @@ PUBLISHED_PARQUET: dict[str, Any] = {
 }
 """ParquetWriter options of published partitions, written from tables of
 ``canonical_schema(encoded=True)``. Statistics only where readers filter (time; iso and
-market are the partition path): string and price statistics were a fifth of the writing
-time. Without the stored Arrow schema the dictionary-encoded text reads back as plain
+market are the partition path): statistics of text and prices would cost writing time and
+serve no reader. Without the stored Arrow schema the dictionary-encoded text reads back as plain
 strings, and every other column as its canonical type (Parquet's logical types carry UTC,
 int16 and the required fields)."""
 
@@ -585,8 +585,8 @@ def csv_batches(
     as text so that :func:`prices` names its line (a file stream, which cannot be read again,
     is read as text from the start; so is ``text_prices``). Rows of another width are errors,
     except those starting with ``trailer_prefixes``. With ``include_columns``, only those
-    columns are converted (the others are still split, so row widths are still checked):
-    converting columns no reader uses was most of the parsing time.
+    columns are converted (the others are still split, so row widths are still checked): a
+    column no reader uses is not worth its conversion, the costliest part of parsing.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv

@@ -612,8 +612,8 @@ class Checksum:
     """XXH3-128 of a table's values, column by column: independent of how rows are chunked
     and of how text is held. A text column (plain or dictionary-encoded) is hashed as the
     sequence of its values' own 8-byte XXH3 digests (a null: eight zero bytes), each
-    dictionary entry hashed once. (SHA-256's updates were 5-9 % of the conversion's CPU in
-    profiles; this checksum detects change, it is no defence against a forged file.)"""
+    dictionary entry hashed once. A fast non-cryptographic hash is enough: this checksum
+    detects change, it is no defence against a forged file."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.hashes = {name: xxhash.xxh3_128() for name in schema.names}

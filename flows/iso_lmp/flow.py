@@ -1,4 +1,4 @@
-"""Convert the seven ISOs' raw LMP files into one Parquet dataset, at a flat few hundred MB.
+"""Convert the seven ISOs' raw LMP files into one Parquet dataset, in flat memory.
 
 Optionally download the raw files of the range first (public endpoints, or a mirror), then
 convert them in budgeted tasks (tag ``iso-convert``: each runs in a guarded child under its
