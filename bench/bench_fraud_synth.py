@@ -29,7 +29,7 @@ BASELINE = """
 import json, random, time, sys
 from datetime import datetime, timedelta, timezone
 import pandas as pd
-from flows import fraud_synth_spec as spec
+from flows.fraud_synth import spec
 n, out = int(sys.argv[1]), sys.argv[2]
 rng = random.Random(0)
 start = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -62,9 +62,9 @@ print(json.dumps({"rows": n}))
 
 PREPARE = """
 import sys, pyarrow as pa
-from flows import fraud_synth_gen as gen
-from flows.fraud_synth_gen import _to_batch
-from flows.fraud_synth_world import build_world
+from flows.fraud_synth import generate as gen
+from flows.fraud_synth.generate import _to_batch
+from flows.fraud_synth.world import build_world
 spec = gen.plan_dataset(transactions=int(sys.argv[1]), files=1, customers=1_000_000,
                         end="2024-03-31")
 world = build_world(spec)
@@ -76,7 +76,7 @@ with pa.OSFile(sys.argv[2], "wb") as sink, pa.ipc.new_file(sink, schema) as writ
 
 ENCODE = """
 import json, sys, pyarrow as pa, pyarrow.parquet as pq
-from flows import fraud_synth_gen as gen
+from flows.fraud_synth import generate as gen
 source = pa.memory_map(sys.argv[1])
 batches = pa.ipc.open_file(source)
 schema = gen.transaction_schema()
@@ -96,7 +96,7 @@ OURS = """
 import json, sys
 from deployments.setup import apply_limits
 apply_limits()
-from flows.fraud_synth import generate_fraud_dataset
+from flows.fraud_synth.flow import generate_fraud_dataset
 summary = generate_fraud_dataset(size=sys.argv[1], out=sys.argv[2], max_workers=2,
                                  end="2024-03-31")
 print(json.dumps({"rows": summary["transactions"], "bytes": summary["bytes"],

@@ -47,7 +47,7 @@ PANDAS_ABORT_MB = 9_000
 
 
 def _files(mirror: Path, days: int) -> list[str]:
-    from flows.mitma_od_core import daily_relpath
+    from flows.mitma_od.discover import daily_relpath
 
     return [str(mirror / daily_relpath(ZONE_TYPE, START + timedelta(days=i))) for i in range(days)]
 
@@ -127,7 +127,7 @@ def run_duckdb(mirror: Path, days: int, database: str) -> int:
 
 
 def run_ours(mirror: Path, days: int, database: str) -> int:
-    from flows.mitma_od import ingest_mitma_od
+    from flows.mitma_od.flow import ingest_mitma_od
 
     summary = ingest_mitma_od(
         start_date=START,
@@ -146,7 +146,7 @@ def run_ours(mirror: Path, days: int, database: str) -> int:
 
 
 def _generate_one(args: tuple[str, int, int]) -> dict:
-    from flows.mitma_od_samples import write_day
+    from flows.mitma_od.samples import write_day
 
     root, offset, rows = args
     sample = write_day(root, ZONE_TYPE, START + timedelta(days=offset), rows, SEED)

@@ -62,7 +62,7 @@ def run_idle() -> dict[str, Any]:
 def run_ours(dataset: str, out: str) -> dict[str, Any]:
     """train_fraud_model as it runs in production: limits set up, budgeted steps."""
     from deployments.setup import apply_limits
-    from flows.ml_pipeline import train_fraud_model
+    from flows.ml_pipeline.flow import train_fraud_model
 
     apply_limits()
     summary = train_fraud_model(dataset=dataset, out=out, **MODEL)
@@ -81,7 +81,7 @@ def run_xcom(dataset: str) -> dict[str, Any]:
         import pandas as pd
         import pyarrow.parquet as pq
 
-        from flows import ml_dataset
+        from flows.ml_pipeline import dataset as ml_dataset
 
         manifest = ml_dataset.read_manifest(dataset)
         frames = [
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from bench.common import table, write_section
-    from flows.fraud_synth_gen import generate_dataset_local
+    from flows.fraud_synth.generate import generate_dataset_local
 
     SCRATCH.mkdir(parents=True, exist_ok=True)
     dataset = SCRATCH / "dataset"

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import measure, python, table, write_section
-from flows.stream_redis import READ_CHUNK
+from flows.stream_stats.sources.redis_streams import READ_CHUNK
 
 SCRATCH = Path("/tmp/stream-stats-bench")
 TRANSACTIONS = 2_000_000
@@ -51,7 +51,8 @@ print(json.dumps({"events": got, "seconds": s, "events_per_s": got / s, "batch_s
 
 
 # The same XREADGROUP batches of one stream read to EventBatch columns (no sink) by the
-# hand RESP reader (flows.stream_redis) and by redis-py with hiredis, each in a new group.
+# hand RESP reader (flows.stream_stats.sources.redis_streams) and by redis-py with hiredis, each
+# in a new group.
 READERS = """
 import json, sys, time, uuid
 import numpy as np
@@ -59,7 +60,7 @@ url, key, want, reader = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 group = "readers-" + uuid.uuid4().hex[:6]
 got, t = 0, time.perf_counter()
 if reader == "hand":
-    from flows.stream_redis import READ_CHUNK, RedisStreamSource
+    from flows.stream_stats.sources.redis_streams import READ_CHUNK, RedisStreamSource
     source = RedisStreamSource(f"{url}?stream={key}&group={group}")
     source.start((-1, -1))
     while got < want:
@@ -69,8 +70,8 @@ if reader == "hand":
 else:
     import redis
     from redis.utils import HIREDIS_AVAILABLE
-    from flows.stream_events import FIELDS, batch_from_columns
-    from flows.stream_redis import READ_CHUNK
+    from flows.stream_stats.events import FIELDS, batch_from_columns
+    from flows.stream_stats.sources.redis_streams import READ_CHUNK
     if not HIREDIS_AVAILABLE:  # not a dependency: pip install hiredis to measure it
         print(json.dumps({"events": 0, "seconds": 0, "events_per_s": 0, "missing": "hiredis"}))
         sys.exit(0)
@@ -113,8 +114,8 @@ def main() -> None:
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--no-kafka", action="store_true")
     args = parser.parse_args()
-    from flows.stream_gpu import available
-    from flows.stream_sources import fraud_dataset
+    from flows.stream_stats.compute.gpu import available
+    from flows.stream_stats.sources.embedded import fraud_dataset
 
     shutil.rmtree(SCRATCH, ignore_errors=True)
     n = int(TRANSACTIONS * args.scale)
@@ -124,8 +125,9 @@ def main() -> None:
     baseline_n = int(BASELINE_EVENTS * args.scale)
     code = (
         "import json, time\n"
-        "from flows.stream_sources import read_events\n"
-        "from flows.stream_stats_core import WindowSpec, baseline_aggregate\n"
+        "from flows.stream_stats.sources.embedded import read_events\n"
+        "from flows.stream_stats.windows import WindowSpec\n"
+        "from flows.stream_stats.compute.baseline import baseline_aggregate\n"
         f"events = read_events({str(dataset)!r})[:{baseline_n}]\n"
         "t = time.perf_counter()\n"
         "out = baseline_aggregate(events, WindowSpec(60000, 60000, 300000))\n"
@@ -155,7 +157,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "flows.stream_stats_core",
+                "flows.stream_stats.consume",
                 "consume",
                 source,
                 str(sink),
@@ -204,7 +206,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "flows.stream_sources",
+                "flows.stream_stats.producer",
                 "produce",
                 str(dataset),
                 "--redis",
@@ -285,7 +287,7 @@ def main() -> None:
 
 def _kafka(args: argparse.Namespace, dataset: Path, consume) -> tuple[dict, dict, dict]:
     """(ours end to end, the bare consumer's ceiling, the producer) on a throwaway broker."""
-    from flows.stream_kafka_broker import local_broker
+    from flows.stream_stats.sources.kafka_broker import local_broker
 
     count = int(KAFKA_EVENTS * args.scale)
     with local_broker() as brokers:
@@ -293,7 +295,7 @@ def _kafka(args: argparse.Namespace, dataset: Path, consume) -> tuple[dict, dict
         produced = measure(
             "producer (Kafka)",
             [
-                *[sys.executable, "-m", "flows.stream_sources", "produce", str(dataset)],
+                *[sys.executable, "-m", "flows.stream_stats.producer", "produce", str(dataset)],
                 *["--kafka", url, "--max-events", str(count)],
             ],
         )

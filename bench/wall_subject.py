@@ -14,14 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-DEMOS = {
-    "oom_drill": "flows.oom_drill",
-    "fraud_synth": "flows.fraud_synth",
-    "mitma_od": "flows.mitma_od",
-    "iso_lmp": "flows.iso_lmp.flow",
-    "stream_stats": "flows.stream_stats",
-    "ml_pipeline": "flows.ml_pipeline",
-}
+from flows import WORKLOADS
+
+DEMOS = {w.name: w.module for w in WORKLOADS}
 
 
 def _time_tag_slots(record: list[float], requests: list[float], locked: list[float]) -> None:
@@ -74,7 +69,7 @@ def no_work() -> None:
 
 def fraud_synth_1gb(workdir: str) -> None:
     """fraud_synth at the issue's size: 1 GB, 2 workers (as bench_fraud_synth runs it)."""
-    from flows.fraud_synth import generate_fraud_dataset
+    from flows.fraud_synth.flow import generate_fraud_dataset
 
     generate_fraud_dataset(size="1GB", out=str(Path(workdir) / "fraud"), max_workers=2)
 

@@ -15,16 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from flows import WORKLOADS
+
 ROOT = Path(__file__).resolve().parent.parent
-# (name, module with demo(workdir)) in dependency order: fraud_synth feeds stream and ML.
-WORKLOADS = [
-    ("oom_drill", "flows.oom_drill"),
-    ("fraud_synth", "flows.fraud_synth"),
-    ("mitma_od", "flows.mitma_od"),
-    ("iso_lmp", "flows.iso_lmp.flow"),
-    ("stream_stats", "flows.stream_stats"),
-    ("ml_pipeline", "flows.ml_pipeline"),
-]
 
 
 def _embedded_defaults() -> None:
@@ -62,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_limits()
     started = time.monotonic()
     failures = 0
-    for name, module_name in WORKLOADS:
+    for name, module_name in ((w.name, w.module) for w in WORKLOADS):
         if args.only and name not in args.only:
             continue
         module = importlib.import_module(module_name)

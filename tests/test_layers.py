@@ -157,3 +157,57 @@ def test_no_import_cycle_inside_headroom_even_through_deferred_imports():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# Modules of a workload that may import prefect or pydantic: its flow and its parameters.
+FLOW_SIDE = {"flow.py", "params.py"}
+
+
+def _body_modules() -> list[str]:
+    found = []
+    for path in sorted((ROOT / "flows").rglob("*.py")):
+        if path.name == "__init__.py" or path.name in FLOW_SIDE:
+            continue
+        found.append(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    return found
+
+
+def test_every_workload_package_init_is_empty():
+    # A guarded child imports flows.<workload>.<module>: whatever an __init__ held, every child
+    # would import too.
+    inits = sorted((ROOT / "flows").glob("*/**/__init__.py"))
+    assert len(inits) >= 6
+    assert [str(p.relative_to(ROOT)) for p in inits if p.read_text().strip()] == []
+
+
+def test_body_modules_import_neither_prefect_nor_pydantic():
+    modules = _body_modules()
+    assert {"flows.mitma_od.bronze", "flows.stream_stats.consume"} <= set(modules)
+    code = (
+        "import importlib, sys\n"
+        "importlib.import_module(sys.argv[1])\n"
+        "print(sorted(m for m in ('prefect', 'pydantic') if m in sys.modules))\n"
+    )
+    offending = {}
+    for name in modules:
+        out = subprocess.run(
+            [sys.executable, "-c", code, name], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if out != "[]":
+            offending[name] = out
+    assert offending == {}
+
+
+def test_the_body_module_check_sees_a_module_that_imports_pydantic():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, flows.stream_stats.params; print('pydantic' in sys.modules)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == "True"

@@ -39,7 +39,7 @@ from flows.iso_lmp.base import (
     Market,
     canonical_schema,
 )
-from flows.iso_lmp.formats import iso_format
+from flows.iso_lmp.formats.registry import iso_format
 from flows.iso_lmp.onepass import OnePass
 from headroom.errors import BadInput, classify_oom, output_fault, output_faults
 from headroom.guard import duckdb_share

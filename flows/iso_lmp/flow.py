@@ -15,9 +15,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.common.params import data_root, signature_from
 from flows.iso_lmp import dataset, fetch
 from flows.iso_lmp.params import IsoLmpParams
-from flows.params_base import data_root, signature_from
 from headroom import BadInput, Chunking
 from headroom.prefect import (
     FLOW_HOOKS,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp.base import US_PER_MINUTE, IsoFormat, Market, local_day_hours
-from flows.iso_lmp.formats import ISOS, iso_format
+from flows.iso_lmp.formats.registry import ISOS, iso_format
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,13 +12,13 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from flows import mitma_od_samples
-from flows.fraud_synth import generate_fraud_dataset
+from flows.fraud_synth.flow import generate_fraud_dataset
 from flows.iso_lmp import samples as iso_samples
 from flows.iso_lmp.flow import convert_iso_lmp
-from flows.mitma_od import ingest_mitma_od
-from flows.ml_pipeline import train_fraud_model
-from flows.stream_stats import stream_stats
+from flows.mitma_od import samples as mitma_od_samples
+from flows.mitma_od.flow import ingest_mitma_od
+from flows.ml_pipeline.flow import train_fraud_model
+from flows.stream_stats.flow import stream_stats
 
 
 def main(workdir: Path) -> dict:

@@ -50,3 +50,13 @@ def test_flow_modules_keep_real_annotations():
         if "from __future__ import annotations" in source:
             offenders.append(spec["entrypoint"])
     assert not offenders, f"drop `from __future__ import annotations` in {offenders}"
+
+
+def test_prefect_yaml_and_the_workload_registry_name_the_same_flows():
+    from flows import WORKLOADS
+
+    deployed = {spec["entrypoint"] for spec in SPECS}
+    registered = {w.entrypoint for w in WORKLOADS}
+    assert deployed == registered
+    for workload in WORKLOADS:
+        assert workload.entrypoint.startswith(f"flows/{workload.name}/flow.py:")

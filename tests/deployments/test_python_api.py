@@ -107,7 +107,11 @@ def test_against_a_server_on_another_address_a_missing_limit_stays_an_error(tmp_
     try:
         start_server(settings, None)
         done = subprocess.run(
-            [sys.executable, "-c", "from flows.oom_drill import oom_drill; oom_drill(parts=1)"],
+            [
+                sys.executable,
+                "-c",
+                "from flows.oom_drill.flow import oom_drill; oom_drill(parts=1)",
+            ],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows.fraud_synth_params import FraudSynthParams
+from flows.fraud_synth.params import FraudSynthParams
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import mitma_od_samples as samples
+from flows.mitma_od import samples
 from headroom import BadInput, OutputUnavailable
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
@@ -17,7 +17,7 @@ DAY = date(2023, 1, 9)
 
 
 def test_mitma_od_on_a_read_only_database_disk_fails_once_before_reading(tmp_path, read_only_disk):
-    from flows.mitma_od import ingest_mitma_od
+    from flows.mitma_od.flow import ingest_mitma_od
 
     mirror = tmp_path / "mirror"
     samples.write_samples(mirror, DAY, 3, zone_types=["GAU"], rows_per_day=500)
@@ -69,7 +69,7 @@ def test_iso_lmp_on_a_read_only_dataset_disk_fails_once_before_reading(tmp_path,
     ],
 )
 def test_fraud_synth_refuses_a_plan_of_too_many_files(tmp_path, change, expected):
-    from flows.fraud_synth import generate_fraud_dataset
+    from flows.fraud_synth.flow import generate_fraud_dataset
 
     out = tmp_path / "fraud"
     params = {"size": None, "transactions": None, "start": date(2024, 2, 1), **change}

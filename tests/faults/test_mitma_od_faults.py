@@ -12,8 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows import mitma_od_core as core
-from flows import mitma_od_samples as samples
+from flows.mitma_od import bronze, discover, samples, schema
 from headroom import BadInput
 
 DAY = date(2022, 5, 1)
@@ -22,7 +21,7 @@ ZONE = "municipios"
 
 def _stage(tmp_path: Path, raw: Path, name: str, day: date = DAY) -> dict:
     stem = name.removesuffix(".csv.gz")
-    return core.stage_day(
+    return bronze.stage_day(
         str(raw),
         str(tmp_path / "staging" / f"{stem}.parquet"),
         str(tmp_path / "rejects" / f"{stem}.rejects.csv"),
@@ -34,7 +33,7 @@ def _stage(tmp_path: Path, raw: Path, name: str, day: date = DAY) -> dict:
 
 
 def _load(database: Path, staged: dict, **kwargs) -> dict:
-    return core.load_day(
+    return bronze.load_day(
         str(database),
         staged["staging"],
         staged["day"],
@@ -70,18 +69,18 @@ def loaded(tmp_path: Path) -> tuple[Path, samples.SampleFile, Path]:
     sample = samples.write_day(mirror, ZONE, DAY, 3_000, seed=1)
     database = tmp_path / "od.duckdb"
     _load(database, _stage(tmp_path / "first", mirror / sample.relpath, sample.name))
-    assert core.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
+    assert bronze.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
     return database, sample, mirror / sample.relpath
 
 
 def test_a_loaded_day_republished_header_only_is_refused_and_kept(tmp_path, loaded):
     database, sample, raw = loaded
-    _republish(raw, ["|".join(core.COLUMNS)])
+    _republish(raw, ["|".join(schema.COLUMNS)])
     staged = _stage(tmp_path / "again", raw, sample.name)
     assert staged["rows"] == 0
     with pytest.raises(BadInput, match=rf"{sample.name}: 0 rows would replace the 3,000 loaded"):
         _load(database, staged)
-    assert core.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
+    assert bronze.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
     assert [r[2] for r in _loads_table(database)] == [3_000]
 
 
@@ -92,29 +91,29 @@ def test_a_smaller_replacement_is_refused_unless_the_parameter_allows_it(tmp_pat
     staged = _stage(tmp_path / "again", raw, sample.name)
     with pytest.raises(BadInput, match=r"1,000 rows would replace the 3,000 loaded.*90%"):
         _load(database, staged)
-    assert core.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
+    assert bronze.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
     # Declared on purpose: a third of the rows is accepted at a share of 0.3.
     result = _load(database, staged, min_replace_share=0.3)
     assert (result["rows"], result["replaced"]) == (1_000, 3_000)
-    assert core.day_totals(str(database), ZONE)[DAY][0] == 1_000
+    assert bronze.day_totals(str(database), ZONE)[DAY][0] == 1_000
 
 
 def test_an_empty_replacement_is_accepted_only_at_share_zero(tmp_path, loaded):
     database, sample, raw = loaded
-    _republish(raw, ["|".join(core.COLUMNS)])
+    _republish(raw, ["|".join(schema.COLUMNS)])
     staged = _stage(tmp_path / "again", raw, sample.name)
     with pytest.raises(BadInput):
         _load(database, staged, min_replace_share=0.01)
-    assert core.day_totals(str(database), ZONE)[DAY][0] == 3_000
+    assert bronze.day_totals(str(database), ZONE)[DAY][0] == 3_000
     _load(database, staged, min_replace_share=0)
-    assert core.day_totals(str(database), ZONE) == {}
+    assert bronze.day_totals(str(database), ZONE) == {}
 
 
 def test_garbage_lines_count_once_each_not_once_per_bad_column(tmp_path):
     mirror = tmp_path / "mirror"
     sample = samples.write_day(mirror, ZONE, DAY, 3_000, seed=4)
     lines = _lines(mirror / sample.relpath)
-    garbage = "|".join(["x"] * len(core.COLUMNS))  # every column bad: 15 reject records
+    garbage = "|".join(["x"] * len(schema.COLUMNS))  # every column bad: 15 reject records
     positions = [10, 500, 1_000, 1_500, 2_000, 2_500, 2_990]
     for offset, position in enumerate(positions):
         lines.insert(position + offset, garbage)
@@ -129,7 +128,7 @@ def test_garbage_lines_count_once_each_not_once_per_bad_column(tmp_path):
     assert {r["file"] for r in rejects} == {sample.name}
     database = tmp_path / "od.duckdb"
     _load(database, staged)
-    assert core.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
+    assert bronze.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
     assert _loads_table(database) == [(DAY, sample.name, 3_000, 7)]
 
 
@@ -149,12 +148,12 @@ def test_a_row_of_another_day_is_rejected_with_its_line_not_the_file(tmp_path):
     assert reject["error_message"] == f"fecha is not {DAY.isoformat()}"
     database = tmp_path / "od.duckdb"
     _load(database, staged)
-    assert core.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
+    assert bronze.day_totals(str(database), ZONE) == {DAY: (3_000, sample.viajes)}
 
 
 @pytest.mark.parametrize("content", [b"", gzip.compress(b"")], ids=["zero-byte", "empty-gzip"])
 def test_an_empty_file_is_reported_as_empty(tmp_path, content):
-    name = core.daily_name(ZONE, DAY)
+    name = discover.daily_name(ZONE, DAY)
     raw = tmp_path / name
     raw.write_bytes(content)
     with pytest.raises(BadInput, match=rf"^{name}: empty file \({len(content)} bytes"):
@@ -176,9 +175,9 @@ def test_a_full_disk_under_the_database_is_one_output_error_and_keeps_loaded_day
     database = disk / "od.duckdb"
     _load(database, first)
     with pytest.raises(OutputUnavailable, match="No space left on device") as caught:
-        core.load_days(str(database), [second])
+        bronze.load_days(str(database), [second])
     assert caught.value.path == str(database) and caught.value.errno == 28
-    assert core.day_totals(str(database), ZONE) == {DAY: (2_000, small.viajes)}
+    assert bronze.day_totals(str(database), ZONE) == {DAY: (2_000, small.viajes)}
     assert _loads_table(database) == [(DAY, small.name, 2_000, 0)]
 
 
@@ -189,7 +188,7 @@ def test_a_full_staging_disk_is_an_output_error_not_bad_input(tmp_path, small_di
     mirror = tmp_path / "mirror"
     sample = samples.write_day(mirror, ZONE, DAY, 50_000, seed=3)
     with pytest.raises(OutputUnavailable, match="No space left on device") as caught:
-        core.stage_day(
+        bronze.stage_day(
             str(mirror / sample.relpath),
             str(disk / "staging" / "day.parquet"),
             str(disk / "rejects" / "day.rejects.csv"),
@@ -202,7 +201,7 @@ def test_a_full_staging_disk_is_an_output_error_not_bad_input(tmp_path, small_di
 
 
 def test_discovery_does_not_retry_bad_input(tmp_path, prefect_harness):
-    from flows.mitma_od import discover_files
+    from flows.mitma_od.flow import discover_files
 
     started = time.monotonic()
     with pytest.raises(BadInput, match="neither a URL nor an existing directory"):

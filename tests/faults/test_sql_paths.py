@@ -14,10 +14,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flows import ml_dataset, ml_features, ml_model, ml_params
-from flows.fraud_synth_gen import generate_dataset_local
+from flows.fraud_synth.generate import generate_dataset_local
 from flows.iso_lmp import dataset, samples
 from flows.iso_lmp.base import Market
+from flows.ml_pipeline import dataset as ml_dataset
+from flows.ml_pipeline import features as ml_features
+from flows.ml_pipeline import model as ml_model
+from flows.ml_pipeline import params as ml_params
 
 INJECTED = "injected.csv"
 EVIL = f"a'; COPY (SELECT 42) TO '{INJECTED}'; SET temp_directory='b\"c"
@@ -106,8 +109,8 @@ def test_stream_sink_memory_limit_is_a_bind_parameter(evil_root, tmp_path, monke
     """The sink's DuckDB memory_limit (from the task's cap) is bound, not pasted into SQL."""
     import duckdb
 
-    from flows.stream_params import WindowSpec
-    from flows.stream_sink import StreamState
+    from flows.stream_stats.sink.store import StreamState
+    from flows.stream_stats.windows import WindowSpec
 
     statements: list[tuple[str, object]] = []
     connect = duckdb.connect

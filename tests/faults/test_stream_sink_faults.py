@@ -9,12 +9,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows import stream_stats_core as core
-from flows.stream_sources import read_events, synthetic_events, write_events_dataset
+from flows.stream_stats.compute.baseline import compare_with_baseline
+from flows.stream_stats.consume import run_micro_batches
+from flows.stream_stats.params import StreamParams
+from flows.stream_stats.sources.embedded import read_events, synthetic_events, write_events_dataset
+from flows.stream_stats.windows import WindowSpec
 
 
-def _consume(events: Path, sink: Path, spec: core.WindowSpec) -> dict:
-    return core.run_micro_batches(
+def _consume(events: Path, sink: Path, spec: WindowSpec) -> dict:
+    return run_micro_batches(
         str(events),
         str(sink),
         spec.window_ms,
@@ -32,7 +35,7 @@ def test_a_full_disk_names_the_failed_commit_and_a_rerun_is_exact(tmp_path, smal
         synthetic_events(30_000, seed=3, span_ms=3 * 3_600_000, customers=400, disorder_ms=180_000),
         files=3,
     )
-    spec = core.StreamParams(source="x", sink="x", window="1min", watermark="2min").spec()
+    spec = StreamParams(source="x", sink="x", window="1min", watermark="2min").spec()
     disk = small_disk("1m")  # the whole sink needs about 2.6 MB
     sink = disk / "sink.duckdb"
     with pytest.raises(duckdb.Error) as caught:
@@ -44,4 +47,4 @@ def test_a_full_disk_names_the_failed_commit_and_a_rerun_is_exact(tmp_path, smal
     subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
     again = _consume(events, sink, spec)
     assert again["drained"] and 0 < again["events"] < 30_000
-    assert core.compare_with_baseline(sink, read_events(events), spec) == []
+    assert compare_with_baseline(sink, read_events(events), spec) == []

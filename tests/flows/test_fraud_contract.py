@@ -8,12 +8,12 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from flows import ml_dataset
-from flows.fraud_synth_gen import generate_dataset_local
-from flows.fraud_synth_spec import transaction_schema
-from flows.ml_core import TRANSACTION_COLUMNS
-from flows.stream_events import KEY_FIELDS
-from flows.stream_sources import read_events
+from flows.fraud_synth.generate import generate_dataset_local
+from flows.fraud_synth.spec import transaction_schema
+from flows.ml_pipeline import dataset as ml_dataset
+from flows.ml_pipeline.schema import TRANSACTION_COLUMNS
+from flows.stream_stats.events import KEY_FIELDS
+from flows.stream_stats.sources.embedded import read_events
 from headroom import BadInput
 
 

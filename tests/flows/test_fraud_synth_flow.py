@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from flows import fraud_synth_gen as gen
-from flows.fraud_synth import demo, generate_fraud_dataset
+from flows.fraud_synth import generate as gen
+from flows.fraud_synth.flow import demo, generate_fraud_dataset
 from headroom.report import load_attempts
 from headroom.storage import TMP_MARK, open_storage
 

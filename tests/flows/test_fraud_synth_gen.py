@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows import fraud_synth_gen as gen
-from flows import fraud_synth_spec as fspec
-from flows import fraud_synth_world_cache as world_cache
-from flows.fraud_synth_params import FraudSynthParams
-from flows.fraud_synth_world import build_world
+from flows.fraud_synth import generate as gen
+from flows.fraud_synth import spec as fspec
+from flows.fraud_synth import world_cache
+from flows.fraud_synth.params import FraudSynthParams
+from flows.fraud_synth.world import build_world
 from headroom.errors import BadInput
 from headroom.storage import TMP_MARK, open_storage
 
@@ -172,7 +172,7 @@ def test_failing_writer_publishes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 def test_killed_writer_leaves_no_final_file(tmp_path: Path) -> None:
     spec = gen.plan_dataset(transactions=6_000_000, files=1, customers=2_000)
     code = (
-        "import json, sys; from flows import fraud_synth_gen as g; "
+        "import json, sys; from flows.fraud_synth import generate as g; "
         "g.write_transaction_file(sys.argv[1], json.loads(sys.argv[2]), 0, rows_per_chunk=65536)"
     )
     import json

@@ -16,8 +16,8 @@ import duckdb
 import pytest
 from pydantic import ValidationError
 
-from flows import mitma_od_core as core
-from flows import mitma_od_samples as samples
+from flows.mitma_od import bronze, cleanup, discover, download, samples, schema
+from flows.mitma_od.params import MitmaParams
 from headroom import BadInput, run_guarded_measured
 
 DAY = date(2022, 5, 1)
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _stage(tmp_path: Path, sample: samples.SampleFile, mirror: Path, **kwargs) -> dict:
     stem = sample.name.removesuffix(".csv.gz")
-    return core.stage_day(
+    return bronze.stage_day(
         str(mirror / sample.relpath),
         str(tmp_path / "staging" / f"{stem}.parquet"),
         str(tmp_path / "rejects" / f"{stem}.rejects.csv"),
@@ -39,7 +39,7 @@ def _stage(tmp_path: Path, sample: samples.SampleFile, mirror: Path, **kwargs) -
 
 
 def _load(database: Path, staged: dict) -> dict:
-    return core.load_day(
+    return bronze.load_day(
         str(database),
         staged["staging"],
         staged["day"],
@@ -63,7 +63,7 @@ def test_samples_are_deterministic_and_in_the_published_format(tmp_path):
     text = gzip.decompress(data).decode("utf-8")
     assert text.startswith("\ufeff")
     lines = text.lstrip("\ufeff").splitlines()
-    assert tuple(lines[0].split("|")) == core.COLUMNS
+    assert tuple(lines[0].split("|")) == schema.COLUMNS
     assert len(lines) == 1 + first.rows
     rows = [line.split("|") for line in lines[1:]]
     assert all(len(r) == 15 and r[0] == "20220501" for r in rows)
@@ -89,7 +89,7 @@ def test_stage_and_load_match_the_generator_truth(tmp_path):
     for result in staged:
         _load(database, result)
 
-    assert core.day_totals(str(database), "distritos") == samples.expected_totals(
+    assert bronze.day_totals(str(database), "distritos") == samples.expected_totals(
         files, "distritos"
     )
     # Rejects: file name and the exact line numbers the generator wrote bad lines at.
@@ -128,21 +128,21 @@ def test_reloading_a_day_replaces_it_and_a_killed_load_leaves_the_old_state(tmp_
     _load(database, old_staged)
     again = _load(database, old_staged)
     assert again["replaced"] == old.rows
-    assert core.day_totals(str(database), "municipios") == {DAY: (old.rows, old.viajes)}
+    assert bronze.day_totals(str(database), "municipios") == {DAY: (old.rows, old.viajes)}
 
     # Killed with the new rows written but not committed: the old day stays. Killed just
     # after the commit: the new day is there, whole.
     for moment, expected in (("before", (old.rows, old.viajes)), ("after", (new.rows, new.viajes))):
         _kill_load_at_commit(tmp_path / moment, database, new_staged["staging"], moment)
-        assert core.day_totals(str(database), "municipios") == {DAY: expected}, moment
+        assert bronze.day_totals(str(database), "municipios") == {DAY: expected}, moment
 
 
 # Runs load_day in a child whose DuckDB connection stops at the day's COMMIT (just before or
 # just after it), says so in a file and waits there to be killed.
 _LOAD_PAUSED_AT_COMMIT = """
 import pathlib, sys, time
-import flows.mitma_od_duckdb as duckdb_io
-from flows.mitma_od_core import load_day
+import flows.mitma_od.bronze as duckdb_io
+from flows.mitma_od.bronze import load_day
 
 database, staging, day, moment, marker = sys.argv[1:6]
 connect = duckdb_io._connect
@@ -211,7 +211,7 @@ def test_staging_fits_a_small_cap_in_a_guarded_child(tmp_path):
     sample = samples.write_day(tmp_path / "m", "distritos", DAY, 400_000, seed=9)
     stem = sample.name.removesuffix(".csv.gz")
     result = run_guarded_measured(
-        "flows.mitma_od_core:stage_day",
+        "flows.mitma_od.bronze:stage_day",
         str(tmp_path / "m" / sample.relpath),
         str(tmp_path / f"{stem}.parquet"),
         str(tmp_path / f"{stem}.rejects.csv"),
@@ -238,16 +238,16 @@ def test_discovery_from_rss_url_pattern_and_directory_reports_gaps(tmp_path, htt
     expected = [DAY, DAY + timedelta(days=2)]
 
     for source in (f"{base}/RSS.xml", base, str(mirror), str(mirror / "RSS.xml")):
-        found = core.discover(source, "GAU", days)
+        found = discover.discover(source, "GAU", days)
         assert [f.day for f in found.files] == expected, source
         assert found.gaps == [gap]
         assert all(
             f.zone_type == "GAU" and f.name.endswith("_Viajes_GAU.csv.gz") for f in found.files
         )
-    rss = core.discover(f"{base}/RSS.xml", "GAU", days)
+    rss = discover.discover(f"{base}/RSS.xml", "GAU", days)
     first_gau = next(f for f in files if f.zone_type == "GAU")
     assert rss.files[0].location == f"{base}/{first_gau.relpath}"
-    assert core.discover(str(mirror), "GAU", days).files[0].is_local
+    assert discover.discover(str(mirror), "GAU", days).files[0].is_local
 
 
 def test_download_streams_renames_and_skips_complete_copies(tmp_path, http_server):
@@ -255,19 +255,19 @@ def test_download_streams_renames_and_skips_complete_copies(tmp_path, http_serve
     sample = samples.write_day(mirror, "municipios", DAY, 20_000)
     base = http_server(mirror)
     destination = tmp_path / "cache" / "raw" / sample.relpath
-    first = core.download_file(f"{base}/{sample.relpath}", str(destination))
+    first = download.download_file(f"{base}/{sample.relpath}", str(destination))
     assert not first["skipped"]
     assert destination.read_bytes() == (mirror / sample.relpath).read_bytes()
-    assert core.download_file(f"{base}/{sample.relpath}", str(destination))["skipped"]
+    assert download.download_file(f"{base}/{sample.relpath}", str(destination))["skipped"]
     destination.write_bytes(b"partial")  # a different size is downloaded again
-    assert not core.download_file(f"{base}/{sample.relpath}", str(destination))["skipped"]
+    assert not download.download_file(f"{base}/{sample.relpath}", str(destination))["skipped"]
     assert destination.stat().st_size == (mirror / sample.relpath).stat().st_size
     assert [p.name for p in destination.parent.iterdir()] == [destination.name]
 
     with pytest.raises(BadInput, match="HTTP 404"):
-        core.download_file(f"{base}/nothing-here.csv.gz", str(tmp_path / "x.csv.gz"))
+        download.download_file(f"{base}/nothing-here.csv.gz", str(tmp_path / "x.csv.gz"))
     with pytest.raises(BadInput, match="not an http"):
-        core.download_file("file:///etc/passwd", str(tmp_path / "y"))
+        download.download_file("file:///etc/passwd", str(tmp_path / "y"))
 
 
 def test_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
@@ -287,7 +287,7 @@ def test_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     (spill / "x.block").write_bytes(b"0")
     for path in (stale, live):
         path.write_bytes(b"half")
-    removed = core.remove_stale_temporaries(tmp_path / "raw", tmp_path / "tmp")
+    removed = cleanup.remove_stale_temporaries(tmp_path / "raw", tmp_path / "tmp")
     assert sorted(removed) == sorted([str(stale), str(spill)])
     assert live.exists() and not stale.exists() and not spill.exists()
 
@@ -302,44 +302,44 @@ def test_cleanup_honours_raw_retention_and_never_touches_a_mirror(tmp_path):
         path.write_bytes(b"x")
     now = time.time()
     os.utime(old, (now - 10 * 86400, now - 10 * 86400))
-    kept = core.cleanup_after_load([str(staging)], [str(recent)], str(raw_root), 7, now=now)
+    kept = cleanup.cleanup_after_load([str(staging)], [str(recent)], str(raw_root), 7, now=now)
     assert kept == {"staging_removed": 1, "raw_removed": 1}
     assert recent.exists() and not old.exists() and not staging.exists()
-    dropped = core.cleanup_after_load([], [str(recent), str(mirror_file)], str(raw_root), 0)
+    dropped = cleanup.cleanup_after_load([], [str(recent), str(mirror_file)], str(raw_root), 0)
     assert dropped["raw_removed"] == 1 and not recent.exists() and mirror_file.exists()
 
 
 def test_parameters_fail_before_any_work_naming_the_parameter():
     with pytest.raises(ValidationError, match="end_date"):
-        core.MitmaParams(start_date=date(2022, 5, 3), end_date=date(2022, 5, 1))
+        MitmaParams(start_date=date(2022, 5, 3), end_date=date(2022, 5, 1))
     with pytest.raises(ValidationError, match="zone_type"):
-        core.MitmaParams(zone_type="provincias")
+        MitmaParams(zone_type="provincias")
     with pytest.raises(ValidationError, match="source"):
-        core.MitmaParams(source="ftp://example.org/x")
+        MitmaParams(source="ftp://example.org/x")
     with pytest.raises(ValidationError, match="max_workers"):
-        core.MitmaParams(max_workers=0)
-    params = core.MitmaParams(end_date=date(2022, 5, 10), lookback_days=3)
+        MitmaParams(max_workers=0)
+    params = MitmaParams(end_date=date(2022, 5, 10), lookback_days=3)
     assert params.days(today=date(2022, 5, 11))[0] == date(2022, 5, 8)
 
 
 def test_sql_identifiers_are_checked():
-    assert core.identifier("bronze_viajes") == '"bronze_viajes"'
+    assert schema.identifier("bronze_viajes") == '"bronze_viajes"'
     for bad in ('x"; DROP TABLE t; --', "1abc", "a b", ""):
         with pytest.raises(BadInput):
-            core.identifier(bad)
+            schema.identifier(bad)
 
 
 def test_values_outside_a_published_domain_are_rejects_and_bronze_keeps_the_domain(tmp_path):
     good = "20220501|08|0105902|0105903|2-10|casa|trabajo_estudio|no|si|01|10-15|25-45|mujer|1.5|6"
     fields = good.split("|")
     outside = {4: "5-10", 5: "ocio", 11: "18-25", 12: "otro"}  # distancia, actividad, edad, sexo
-    lines = ["|".join(core.COLUMNS), good]
+    lines = ["|".join(schema.COLUMNS), good]
     for index, value in outside.items():
         lines.append("|".join([*fields[:index], value, *fields[index + 1 :]]))
     lines.append(good.replace("|01|10-15|25-45|mujer|", "|NA|NA|NA|NA|"))
-    raw = tmp_path / core.daily_name("distritos", DAY)
+    raw = tmp_path / discover.daily_name("distritos", DAY)
     raw.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-    staged = core.stage_day(
+    staged = bronze.stage_day(
         str(raw),
         str(tmp_path / "staging.parquet"),
         str(tmp_path / "rejects.csv"),
@@ -377,7 +377,9 @@ def test_a_bronze_table_with_text_columns_from_an_earlier_version_keeps_loading(
     sample = samples.write_day(mirror, "distritos", DAY, 50, seed=2)
     database = tmp_path / "od.duckdb"
     con = duckdb.connect(str(database))
-    text_types = {c: "VARCHAR" if t.startswith("ENUM") else t for c, t in core.BRONZE_TYPES.items()}
+    text_types = {
+        c: "VARCHAR" if t.startswith("ENUM") else t for c, t in schema.BRONZE_TYPES.items()
+    }
     columns = ", ".join(f"{c} {t}" for c, t in text_types.items())
     con.execute(f"CREATE TABLE bronze_viajes ({columns})")
     con.close()
@@ -397,10 +399,10 @@ def test_a_source_that_does_not_answer_names_host_and_parameter(path, tmp_path):
     from deployments.production.throwaway import free_port
 
     port = free_port()  # nothing listens there: the RSS feed, then the URL pattern
-    with pytest.raises(core.TransientDownloadError) as caught:
-        core.discover(f"http://127.0.0.1:{port}{path}", "distritos", [DAY], timeout_s=5)
+    with pytest.raises(download.TransientDownloadError) as caught:
+        discover.discover(f"http://127.0.0.1:{port}{path}", "distritos", [DAY], timeout_s=5)
     message = str(caught.value)
     assert message.startswith(f"parameter source: cannot reach 127.0.0.1:{port} ("), message
     assert isinstance(caught.value, ConnectionError)  # retried as transient by the flow
-    with pytest.raises(core.TransientDownloadError, match=rf"^parameter source: .*:{port} \("):
-        core.download_file(f"http://127.0.0.1:{port}/f.csv.gz", str(tmp_path / "f.csv.gz"))
+    with pytest.raises(download.TransientDownloadError, match=rf"^parameter source: .*:{port} \("):
+        download.download_file(f"http://127.0.0.1:{port}/f.csv.gz", str(tmp_path / "f.csv.gz"))

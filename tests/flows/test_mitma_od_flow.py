@@ -12,9 +12,8 @@ from datetime import date, timedelta
 import duckdb
 import pytest
 
-from flows import mitma_od_core as core
-from flows import mitma_od_samples as samples
-from flows.mitma_od import ingest_mitma_od
+from flows.mitma_od import bronze, discover, samples, schema
+from flows.mitma_od.flow import ingest_mitma_od
 from headroom import parse_size
 from headroom.budget import usable_cores
 from headroom.report import load_attempts
@@ -71,7 +70,7 @@ def test_ingest_over_http_exact_idempotent_bad_files_alone_tight_budget(
         raw_retention_days=7,
         **common,
     )
-    assert core.day_totals(database, "distritos") == samples.expected_totals(files, "distritos")
+    assert bronze.day_totals(database, "distritos") == samples.expected_totals(files, "distritos")
     assert summary["gaps"] == [gap.isoformat()]
     assert summary["rows"] == sum(f.rows for f in files if f.zone_type == "distritos")
     assert not list((tmp_path / "cache" / "staging").glob("*.parquet"))  # cleaned after load
@@ -83,11 +82,11 @@ def test_ingest_over_http_exact_idempotent_bad_files_alone_tight_budget(
     assert state.is_failed()
     message = str(state.result(raise_on_failure=False))
     assert "2 MITMA daily files failed" in message
-    assert f"{core.daily_name('municipios', corrupt)}: BadInput: " in message
+    assert f"{discover.daily_name('municipios', corrupt)}: BadInput: " in message
     assert "corrupt gzip" in message
-    assert f"{core.daily_name('municipios', wrong)}: BadInput: " in message
+    assert f"{discover.daily_name('municipios', wrong)}: BadInput: " in message
     assert "header does not match" in message
-    municipios = core.day_totals(database, "municipios")
+    municipios = bronze.day_totals(database, "municipios")
     assert municipios == samples.expected_totals(files, "municipios")
     assert sorted(municipios) == [START + timedelta(days=i) for i in range(DAYS)]
 
@@ -98,7 +97,7 @@ def test_ingest_over_http_exact_idempotent_bad_files_alone_tight_budget(
     )
     monkeypatch.delenv("HEADROOM_MEMORY_LIMIT")
     assert state.is_completed(), state.message
-    assert core.day_totals(database, "GAU") == samples.expected_totals(files, "GAU")
+    assert bronze.day_totals(database, "GAU") == samples.expected_totals(files, "GAU")
     attempts = load_attempts(str(state.state_details.flow_run_id))
     heavy = [a for a in attempts if a.task in ("stage-mitma-day", "load-mitma-days")]
     assert len(heavy) >= DAYS + 1
@@ -120,15 +119,16 @@ def test_ingest_over_http_exact_idempotent_bad_files_alone_tight_budget(
     )
     assert again["skipped_downloads"] == DAYS
     assert _bronze_rows(database) == total
-    for zone_type in core.ZONE_TYPES:
-        assert core.day_totals(database, zone_type) == samples.expected_totals(files, zone_type)
+    for zone_type in schema.ZONE_TYPES:
+        assert bronze.day_totals(database, zone_type) == samples.expected_totals(files, zone_type)
     con = duckdb.connect(database, read_only=True)
     silver = dict(
         con.execute("SELECT zone_type, sum(viajes) FROM silver_od_hourly GROUP BY ALL").fetchall()
     )
     con.close()
     assert silver == {
-        z: sum(f.viajes for f in files if f.zone_type == z and f.loadable) for z in core.ZONE_TYPES
+        z: sum(f.viajes for f in files if f.zone_type == z and f.loadable)
+        for z in schema.ZONE_TYPES
     }
 
     # missing_only: every GAU day is loaded already, so nothing is discovered or staged.

@@ -15,8 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from flows import ml_core, ml_dataset, ml_features, ml_model, ml_params, ml_registry
-from flows.fraud_synth_gen import generate_dataset_local
+from flows.fraud_synth.generate import generate_dataset_local
+from flows.ml_pipeline import dataset as ml_dataset
+from flows.ml_pipeline import features as ml_features
+from flows.ml_pipeline import model as ml_model
+from flows.ml_pipeline import params as ml_params
+from flows.ml_pipeline import registry as ml_registry
+from flows.ml_pipeline import schema as ml_core
 from headroom import BadInput
 
 CAP_MB = 1024.0

@@ -16,9 +16,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 
-from flows import ml_dataset
-from flows.fraud_synth_gen import generate_dataset_local
-from flows.ml_pipeline import train_fraud_model
+from flows.fraud_synth.generate import generate_dataset_local
+from flows.ml_pipeline import dataset as ml_dataset
+from flows.ml_pipeline.flow import train_fraud_model
 from headroom import BadInput
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -11,16 +11,7 @@ from pathlib import Path
 import pytest
 from prefect.utilities.callables import parameter_schema
 
-from flows.fraud_synth import generate_fraud_dataset
-from flows.fraud_synth_params import FraudSynthParams
-from flows.iso_lmp.flow import convert_iso_lmp
-from flows.iso_lmp.params import IsoLmpParams
-from flows.mitma_od import ingest_mitma_od
-from flows.mitma_od_core import MitmaParams
-from flows.ml_params import TrainParams
-from flows.ml_pipeline import train_fraud_model
-from flows.oom_drill import OomDrillParams, oom_drill
-from flows.params_base import (
+from flows.common.params import (
     DATA_ROOT_BLOCK,
     DATA_ROOT_ENV,
     PROJECT_DIR,
@@ -28,8 +19,17 @@ from flows.params_base import (
     data_root,
     signature_from,
 )
-from flows.stream_params import StreamParams
-from flows.stream_stats import stream_stats
+from flows.fraud_synth.flow import generate_fraud_dataset
+from flows.fraud_synth.params import FraudSynthParams
+from flows.iso_lmp.flow import convert_iso_lmp
+from flows.iso_lmp.params import IsoLmpParams
+from flows.mitma_od.flow import ingest_mitma_od
+from flows.mitma_od.params import MitmaParams
+from flows.ml_pipeline.flow import train_fraud_model
+from flows.ml_pipeline.params import TrainParams
+from flows.oom_drill.flow import OomDrillParams, oom_drill
+from flows.stream_stats.flow import stream_stats
+from flows.stream_stats.params import StreamParams
 from headroom.errors import BadInput
 
 FLOWS = {

@@ -11,22 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows import stream_stats_core as core
-from flows.stream_sources import (
+from flows.stream_stats.compute.baseline import compare_with_baseline, read_windows
+from flows.stream_stats.compute.reduce import reduce_groups
+from flows.stream_stats.consume import run_micro_batches
+from flows.stream_stats.params import StreamParams
+from flows.stream_stats.sink.store import CRASH_ENV, sink_lock
+from flows.stream_stats.sources.embedded import (
     EmbeddedSource,
     fraud_dataset,
     read_events,
     synthetic_events,
     write_events_dataset,
 )
+from flows.stream_stats.windows import WindowSpec, parse_duration_ms
 from headroom import BadInput, TerminalError
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ["merchant_category", "channel"]
 
 
-def run(dataset: Path, sink: Path, spec: core.WindowSpec, max_batch: int, **extra) -> dict:
-    return core.run_micro_batches(
+def run(dataset: Path, sink: Path, spec: WindowSpec, max_batch: int, **extra) -> dict:
+    return run_micro_batches(
         str(dataset),
         str(sink),
         spec.window_ms,
@@ -60,7 +65,7 @@ def disordered(tmp_path_factory) -> Path:
 def test_every_window_matches_the_per_event_baseline(
     disordered, tmp_path, window, slide, watermark, max_batch
 ):
-    params = core.StreamParams(
+    params = StreamParams(
         source=str(disordered),
         sink=str(tmp_path / "s.duckdb"),
         window=window,
@@ -71,15 +76,15 @@ def test_every_window_matches_the_per_event_baseline(
     result = run(disordered, tmp_path / "s.duckdb", spec, max_batch)
     events = read_events(disordered)
     assert result["events"] == len(events) and result["drained"]
-    assert core.compare_with_baseline(tmp_path / "s.duckdb", events, spec) == []
-    frame = core.read_windows(tmp_path / "s.duckdb")
+    assert compare_with_baseline(tmp_path / "s.duckdb", events, spec) == []
+    frame = read_windows(tmp_path / "s.duckdb")
     assert frame["late_events"].sum() > 0  # the jitter makes some events late
     if max_batch < 2_000:
         assert (frame["distinct_exact"] == False).any()  # noqa: E712 - sketches carried state
 
 
 def test_results_do_not_depend_on_batch_size(disordered, tmp_path):
-    spec = core.WindowSpec(60_000, 60_000, 90_000, tuple(KEYS))
+    spec = WindowSpec(60_000, 60_000, 90_000, tuple(KEYS))
     run(disordered, tmp_path / "small.duckdb", spec, 1_000)
     run(disordered, tmp_path / "large.duckdb", spec, 40_000)
     columns = [
@@ -91,8 +96,8 @@ def test_results_do_not_depend_on_batch_size(disordered, tmp_path):
         "amount_min",
         "amount_max",
     ]
-    small = core.read_windows(tmp_path / "small.duckdb")[columns]
-    large = core.read_windows(tmp_path / "large.duckdb")[columns]
+    small = read_windows(tmp_path / "small.duckdb")[columns]
+    large = read_windows(tmp_path / "large.duckdb")[columns]
     assert small.equals(large)
 
 
@@ -120,29 +125,27 @@ def test_late_and_out_of_order_events_as_specified(tmp_path):
         "is_fraud": np.zeros(n, bool),
     }
     write_events_dataset(tmp_path / "d", events)
-    spec = core.WindowSpec(minute, minute, 5 * minute, tuple(KEYS))
+    spec = WindowSpec(minute, minute, 5 * minute, tuple(KEYS))
     result = run(tmp_path / "d", tmp_path / "s.duckdb", spec, 2)  # one event pair per batch
     assert result["events"] == n and result["late"] == 2
-    frame = core.read_windows(tmp_path / "s.duckdb").set_index("window_start_ms")
+    frame = read_windows(tmp_path / "s.duckdb").set_index("window_start_ms")
     assert frame.loc[t0 + 6 * minute, "events"] == 1  # out of order, inside the watermark
     assert frame.loc[t0 + minute, ["events", "late_events"]].tolist() == [0, 1]
     assert frame.loc[t0 + 4 * minute, ["events", "late_events"]].tolist() == [0, 1]
     assert frame.loc[t0 + 10 * minute, "events"] == 2
     assert not frame.loc[t0 + 10 * minute, "final"]  # its end is past the watermark: open
     assert frame.loc[t0, "final"]
-    assert (
-        core.compare_with_baseline(tmp_path / "s.duckdb", read_events(tmp_path / "d"), spec) == []
-    )
+    assert compare_with_baseline(tmp_path / "s.duckdb", read_events(tmp_path / "d"), spec) == []
 
 
 def test_open_windows_carry_across_runs(tmp_path):
     dataset = fraud_dataset(tmp_path / "d", transactions=20_000, seed=5, files=2, days=1)
-    spec = core.WindowSpec(300_000, 300_000, 600_000, tuple(KEYS))
+    spec = WindowSpec(300_000, 300_000, 600_000, tuple(KEYS))
     first = run(dataset, tmp_path / "s.duckdb", spec, 3_000, max_events=7_000)
     assert first["events"] == 7_000 and not first["drained"]
     second = run(dataset, tmp_path / "s.duckdb", spec, 3_000)
     assert second["drained"] and first["events"] + second["events"] == 20_000
-    assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), spec) == []
+    assert compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), spec) == []
 
 
 @pytest.mark.parametrize("point", ["commit-before:2"])
@@ -152,7 +155,7 @@ def test_a_killed_consumer_loses_and_repeats_nothing(disordered, tmp_path, point
     argv = [
         sys.executable,
         "-m",
-        "flows.stream_stats_core",
+        "flows.stream_stats.consume",
         "consume",
         str(disordered),
         str(sink),
@@ -163,39 +166,39 @@ def test_a_killed_consumer_loses_and_repeats_nothing(disordered, tmp_path, point
         "--max-batch",
         "4000",
     ]
-    env = {**os.environ, core.CRASH_ENV: point}
+    env = {**os.environ, CRASH_ENV: point}
     killed = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert killed.returncode == -9, killed.stderr[-2000:]
     again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr[-2000:]
-    spec = core.StreamParams(source="x", sink="x", window="1min", watermark="2min").spec()
-    assert core.compare_with_baseline(sink, read_events(disordered), spec) == []
+    spec = StreamParams(source="x", sink="x", window="1min", watermark="2min").spec()
+    assert compare_with_baseline(sink, read_events(disordered), spec) == []
 
 
 def test_parameters_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="window"):
-        core.StreamParams(source="d", sink="s", window="1min", slide="7s")
+        StreamParams(source="d", sink="s", window="1min", slide="7s")
     with pytest.raises(ValueError, match="keys"):
-        core.StreamParams(source="d", sink="s", keys=["merchant_category", "device"])
+        StreamParams(source="d", sink="s", keys=["merchant_category", "device"])
     with pytest.raises(BadInput, match="parameter watermark"):
-        core.parse_duration_ms("five minutes", name="watermark")
-    assert core.parse_duration_ms("1min", name="w") == 60_000
-    assert core.parse_duration_ms("250ms", name="w") == 250
-    assert core.parse_duration_ms(2, name="w") == 2_000
+        parse_duration_ms("five minutes", name="watermark")
+    assert parse_duration_ms("1min", name="w") == 60_000
+    assert parse_duration_ms("250ms", name="w") == 250
+    assert parse_duration_ms(2, name="w") == 2_000
 
 
 def test_a_sink_refuses_another_window_configuration(disordered, tmp_path):
-    spec = core.WindowSpec(60_000, 60_000, 60_000, tuple(KEYS))
+    spec = WindowSpec(60_000, 60_000, 60_000, tuple(KEYS))
     run(disordered, tmp_path / "s.duckdb", spec, 50_000, max_events=1_000)
-    other = core.WindowSpec(30_000, 30_000, 60_000, tuple(KEYS))
+    other = WindowSpec(30_000, 30_000, 60_000, tuple(KEYS))
     with pytest.raises(BadInput, match="parameter window"):
         run(disordered, tmp_path / "s.duckdb", other, 50_000)
 
 
 def test_one_consumer_per_sink(tmp_path):
-    with core.sink_lock(tmp_path / "s.duckdb"):
+    with sink_lock(tmp_path / "s.duckdb"):
         with pytest.raises(TerminalError, match="in use"):
-            with core.sink_lock(tmp_path / "s.duckdb"):
+            with sink_lock(tmp_path / "s.duckdb"):
                 pass
 
 
@@ -213,7 +216,7 @@ def _numpy_as_cupy() -> types.SimpleNamespace:
 
 
 def test_gpu_reduction_algorithm_matches_cpu():
-    from flows.stream_gpu import GpuReducer
+    from flows.stream_stats.compute.gpu import GpuReducer
 
     rng = np.random.default_rng(0)
     n = 20_000
@@ -224,7 +227,7 @@ def test_gpu_reduction_algorithm_matches_cpu():
     reducer = GpuReducer.__new__(GpuReducer)
     reducer.cp, reducer.limit = _numpy_as_cupy(), 1
     gpu = reducer._reduce(gid, amount, customer, fraud)
-    cpu = core.reduce_groups(gid, amount, customer, fraud)
+    cpu = reduce_groups(gid, amount, customer, fraud)
     for name in cpu.__dataclass_fields__:
         if name != "amounts":
             assert np.allclose(getattr(gpu, name), getattr(cpu, name)), name
@@ -235,7 +238,7 @@ def test_gpu_reduction_algorithm_matches_cpu():
 
 
 def _gpu_ready() -> str | None:
-    from flows.stream_gpu import available
+    from flows.stream_stats.compute.gpu import available
 
     ok, why = available()
     return None if ok else why
@@ -244,7 +247,7 @@ def _gpu_ready() -> str | None:
 @pytest.mark.gpu
 @pytest.mark.skipif(_gpu_ready() is not None, reason=f"no usable GPU: {_gpu_ready()}")
 def test_gpu_backend_gives_the_cpu_answers(disordered, tmp_path):
-    spec = core.WindowSpec(60_000, 60_000, 120_000, tuple(KEYS))
+    spec = WindowSpec(60_000, 60_000, 120_000, tuple(KEYS))
     run(disordered, tmp_path / "cpu.duckdb", spec, 5_000, backend="cpu")
     run(disordered, tmp_path / "gpu.duckdb", spec, 5_000, backend="gpu")
     columns = [
@@ -256,8 +259,8 @@ def test_gpu_backend_gives_the_cpu_answers(disordered, tmp_path):
         "amount_p95",
         "distinct_customers",
     ]
-    cpu = core.read_windows(tmp_path / "cpu.duckdb")[columns]
-    gpu = core.read_windows(tmp_path / "gpu.duckdb")[columns]
+    cpu = read_windows(tmp_path / "cpu.duckdb")[columns]
+    gpu = read_windows(tmp_path / "gpu.duckdb")[columns]
     assert cpu.equals(gpu)
 
 
@@ -268,7 +271,7 @@ def test_exact_p95_is_the_nearest_rank_for_every_group_size():
     order = rng.permutation(len(gid))  # groups interleaved, as windows x keys arrive
     gid = gid[order]
     amount = np.round(rng.gamma(2, 30, len(gid)), 2)
-    red = core.reduce_groups(gid, amount, np.zeros(len(gid), np.int64), np.zeros(len(gid), bool))
+    red = reduce_groups(gid, amount, np.zeros(len(gid), np.int64), np.zeros(len(gid), bool))
     for group, p95 in zip(red.gids.tolist(), red.p95.tolist(), strict=True):
         values = np.sort(amount[gid == group])
         assert p95 == values[int(np.ceil(0.95 * len(values))) - 1]

@@ -7,9 +7,10 @@ import json
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows import stream_stats_core as core
-from flows.stream_sources import fraud_dataset, read_events
-from flows.stream_stats import stream_stats
+from flows.stream_stats.compute.baseline import compare_with_baseline
+from flows.stream_stats.flow import stream_stats
+from flows.stream_stats.params import StreamParams
+from flows.stream_stats.sources.embedded import fraud_dataset, read_events
 from tests.machine import offers_a_gpu_to_cupy
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
@@ -34,8 +35,8 @@ def test_bounded_runs_continue_each_other_and_publish_metrics(tmp_path):
     assert state.is_completed(), state.message
     second = state.result()
     assert second["events"] == 18_000 and second["lag"]["remaining_events"] == 0
-    spec = core.StreamParams(source="x", sink="x", window="5min", watermark="10min").spec()
-    assert core.compare_with_baseline(sink, read_events(dataset), spec) == []
+    spec = StreamParams(source="x", sink="x", window="5min", watermark="10min").spec()
+    assert compare_with_baseline(sink, read_events(dataset), spec) == []
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()

@@ -15,15 +15,19 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows import stream_stats_core as core
-from flows.stream_kafka import KafkaSource, parse_kafka_source
-from flows.stream_sources import fraud_dataset, read_events
+from flows.stream_stats.compute.baseline import compare_with_baseline
+from flows.stream_stats.consume import run_micro_batches
+from flows.stream_stats.params import StreamParams
+from flows.stream_stats.sink.store import CRASH_ENV
+from flows.stream_stats.sources.embedded import fraud_dataset, read_events
+from flows.stream_stats.sources.kafka import KafkaSource, parse_kafka_source
 from headroom.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[2]
 # The watermark covers the dataset's day: partitions are consumed in any interleaving, and
-# no event may become late because another partition ran ahead (see flows.stream_kafka).
-SPEC = core.StreamParams(source="x", sink="x", window="1min", watermark="2d").spec()
+# no event may become late because another partition ran ahead (see
+# flows.stream_stats.sources.kafka).
+SPEC = StreamParams(source="x", sink="x", window="1min", watermark="2d").spec()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,15 @@ def topic_url(kafka_broker) -> str:
 
 def produce(dataset: Path, url: str, *extra: str, wait: bool = True) -> subprocess.Popen:
     """The producer command, as an operator runs it."""
-    argv = [sys.executable, "-m", "flows.stream_sources", "produce", str(dataset), "--kafka", url]
+    argv = [
+        sys.executable,
+        "-m",
+        "flows.stream_stats.producer",
+        "produce",
+        str(dataset),
+        "--kafka",
+        url,
+    ]
     process = subprocess.Popen(
         [*argv, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -50,7 +62,7 @@ def produce(dataset: Path, url: str, *extra: str, wait: bool = True) -> subproce
 
 
 def consume(url: str, sink: Path, idle_s: float = 1.0, max_batch: int = 1_500) -> dict:
-    return core.run_micro_batches(
+    return run_micro_batches(
         url,
         str(sink),
         SPEC.window_ms,
@@ -66,7 +78,7 @@ def consumer_argv(url: str, sink: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "flows.stream_stats_core",
+        "flows.stream_stats.consume",
         "consume",
         url,
         str(sink),
@@ -92,7 +104,7 @@ def test_round_trip_through_produce_three_partitions_keys_spread(dataset, topic_
     produce(dataset, topic_url)
     result = consume(topic_url, tmp_path / "s.duckdb")
     assert result["events"] == 9_000 and result["rejected"] == 0
-    assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+    assert compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
     offsets = sink_offsets(tmp_path / "s.duckdb")
     assert sorted(offsets) == [0, 1, 2] and sum(offsets.values()) == 9_000
     assert min(offsets.values()) > 1_000  # keys spread over all three partitions
@@ -148,7 +160,7 @@ def test_several_brokers_any_one_answering_will_do(dataset, kafka_broker, tmp_pa
 def test_security_settings_come_from_the_environment_as_librdkafka_takes_them():
     from confluent_kafka import Consumer
 
-    from flows.stream_kafka import client_config
+    from flows.stream_stats.sources.kafka import client_config
 
     target = parse_kafka_source("kafka://127.0.0.1:1,127.0.0.1:2/tx")
     environ = {
@@ -174,7 +186,7 @@ def test_security_settings_come_from_the_environment_as_librdkafka_takes_them():
 
 def test_the_kafka_deployment_reads_a_kafka_topic_like_the_redis_one():
     from deployments.serve import load_deployment_specs
-    from flows.stream_params import StreamParams
+    from flows.stream_stats.params import StreamParams
 
     specs = {spec["name"]: spec for spec in load_deployment_specs()}
     kafka, redis = specs["stream-stats-kafka"], specs["stream-stats-redis"]
@@ -195,7 +207,7 @@ def test_sigkill_mid_run_then_run_again_counts_each_event_once(dataset, topic_ur
     killed = subprocess.run(
         consumer_argv(topic_url, sink),
         cwd=ROOT,
-        env={**os.environ, core.CRASH_ENV: point},
+        env={**os.environ, CRASH_ENV: point},
         capture_output=True,
         text=True,
         timeout=120,
@@ -209,14 +221,14 @@ def test_sigkill_mid_run_then_run_again_counts_each_event_once(dataset, topic_ur
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["events"] == 9_000 - events_before
-    assert core.compare_with_baseline(sink, read_events(dataset), SPEC) == []
+    assert compare_with_baseline(sink, read_events(dataset), SPEC) == []
     assert sum(sink_offsets(sink).values()) == 9_000
 
 
 def test_malformed_messages_are_rejected_with_partition_and_offset(kafka_broker, tmp_path):
     from confluent_kafka import Producer
 
-    from flows.stream_kafka import create_topic
+    from flows.stream_stats.sources.kafka import create_topic
 
     url = f"kafka://{kafka_broker}/bad-{uuid.uuid4().hex[:8]}?group=stats"
     create_topic(parse_kafka_source(url), 3)
@@ -267,7 +279,7 @@ def test_another_group_member_joins_then_leaves_nothing_twice_or_lost(dataset, t
     assignment at the sink's offsets."""
     from confluent_kafka import Consumer
 
-    from flows.stream_kafka import create_topic
+    from flows.stream_stats.sources.kafka import create_topic
 
     target = parse_kafka_source(topic_url)
     create_topic(target, 3)
@@ -304,20 +316,20 @@ def test_another_group_member_joins_then_leaves_nothing_twice_or_lost(dataset, t
                 consuming.set()
 
     handler = Assigned()
-    logging.getLogger("flows.stream_kafka").addHandler(handler)
-    logging.getLogger("flows.stream_kafka").setLevel(logging.INFO)
+    logging.getLogger("flows.stream_stats.sources.kafka").addHandler(handler)
+    logging.getLogger("flows.stream_stats.sources.kafka").setLevel(logging.INFO)
     thread = threading.Thread(target=join_then_leave)
     thread.start()
     try:
         result = consume(topic_url, tmp_path / "s.duckdb", idle_s=4.0, max_batch=500)
     finally:
         thread.join()
-        logging.getLogger("flows.stream_kafka").removeHandler(handler)
+        logging.getLogger("flows.stream_stats.sources.kafka").removeHandler(handler)
     producer.communicate(timeout=60)
     assert producer.returncode == 0
     assert intruder["assigned"] == 3 and intruder["messages"] > 0  # it held the group
     assert result["events"] == 9_000
-    assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+    assert compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
     assert sum(sink_offsets(tmp_path / "s.duckdb").values()) == 9_000
 
 

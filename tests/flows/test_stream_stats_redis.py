@@ -13,17 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from flows import stream_stats_core as core
-from flows.stream_sources import (
-    RespConnection,
+from flows.stream_stats.compute.baseline import compare_with_baseline, read_windows
+from flows.stream_stats.consume import run_micro_batches
+from flows.stream_stats.params import StreamParams
+from flows.stream_stats.sink.store import CRASH_ENV
+from flows.stream_stats.sources.embedded import (
     fraud_dataset,
     read_events,
     synthetic_events,
     write_events_dataset,
 )
+from flows.stream_stats.sources.resp import RespConnection
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = core.StreamParams(source="x", sink="x", window="1min", watermark="3min").spec()
+SPEC = StreamParams(source="x", sink="x", window="1min", watermark="3min").spec()
 
 
 # One entry with every field in canonical form, as the producer writes it.
@@ -68,7 +71,7 @@ def produce(dataset: Path, redis_url: str, stream: str) -> dict:
         [
             sys.executable,
             "-m",
-            "flows.stream_sources",
+            "flows.stream_stats.producer",
             "produce",
             str(dataset),
             "--redis",
@@ -86,7 +89,7 @@ def produce(dataset: Path, redis_url: str, stream: str) -> dict:
 
 
 def consume(redis_url: str, stream: str, sink: Path, **extra) -> dict:
-    return core.run_micro_batches(
+    return run_micro_batches(
         source_url(redis_url, stream),
         str(sink),
         SPEC.window_ms,
@@ -103,7 +106,7 @@ def consumer_argv(redis_url: str, stream: str, sink: Path, max_batch: int) -> li
     return [
         sys.executable,
         "-m",
-        "flows.stream_stats_core",
+        "flows.stream_stats.consume",
         "consume",
         source_url(redis_url, stream),
         str(sink),
@@ -136,7 +139,7 @@ def test_produced_events_give_exact_windows(dataset, redis_url, stream, tmp_path
     assert produced["events"] == len(events)
     result = consume(redis_url, stream, tmp_path / "s.duckdb")
     assert result["events"] == len(events) and result["rejected"] == 0
-    assert core.compare_with_baseline(tmp_path / "s.duckdb", events, SPEC) == []
+    assert compare_with_baseline(tmp_path / "s.duckdb", events, SPEC) == []
     assert group_state(redis_url, stream) == {"pending": 0, "lag": 0}  # all acknowledged
 
 
@@ -145,7 +148,7 @@ def test_kill_at_the_worst_moments_then_run_again(dataset, redis_url, stream, tm
     """after-read: entries delivered, not committed; after-commit: committed, not acked."""
     produce(dataset, redis_url, stream)
     sink = tmp_path / "s.duckdb"
-    env = {**os.environ, core.CRASH_ENV: point}
+    env = {**os.environ, CRASH_ENV: point}
     killed = subprocess.run(
         consumer_argv(redis_url, stream, sink, 1_500),
         cwd=ROOT,
@@ -159,7 +162,7 @@ def test_kill_at_the_worst_moments_then_run_again(dataset, redis_url, stream, tm
     result = consume(redis_url, stream, tmp_path / "s.duckdb")
     if point.startswith("after-commit"):
         assert result["skipped"] > 0  # redelivered entries at or below the committed ID
-    assert core.compare_with_baseline(sink, read_events(dataset), SPEC) == []
+    assert compare_with_baseline(sink, read_events(dataset), SPEC) == []
     assert group_state(redis_url, stream) == {"pending": 0, "lag": 0}
 
 
@@ -173,7 +176,7 @@ def test_sigkill_mid_run_while_the_producer_writes(redis_url, stream, tmp_path):
         [
             sys.executable,
             "-m",
-            "flows.stream_sources",
+            "flows.stream_stats.producer",
             "produce",
             str(tmp_path / "d"),
             "--redis",
@@ -207,7 +210,7 @@ def test_sigkill_mid_run_while_the_producer_writes(redis_url, stream, tmp_path):
     producer.communicate(timeout=30)
     assert producer.returncode == 0
     consume(redis_url, stream, sink)
-    assert core.compare_with_baseline(sink, read_events(tmp_path / "d"), SPEC) == []
+    assert compare_with_baseline(sink, read_events(tmp_path / "d"), SPEC) == []
 
 
 def test_malformed_and_reordered_entries(redis_url, stream, tmp_path):
@@ -222,7 +225,7 @@ def test_malformed_and_reordered_entries(redis_url, stream, tmp_path):
     conn.close()
     result = consume(redis_url, stream, tmp_path / "s.duckdb")
     assert result["events"] == 2 and result["rejected"] == 2
-    frame = core.read_windows(tmp_path / "s.duckdb")
+    frame = read_windows(tmp_path / "s.duckdb")
     assert frame["events"].sum() == 2 and frame["amount_sum"].sum() == 25.0
     import duckdb
 
@@ -249,7 +252,7 @@ def test_canonical_parser_reads_what_float_and_int_read():
     """Thousands of entries (several parse slices, labels merged): the same as int()/float()."""
     import numpy as np
 
-    from flows.stream_sources import parse_canonical
+    from flows.stream_stats.sources.resp_bulk import parse_canonical
 
     rng = np.random.default_rng(7)
     count = 20_000
@@ -303,7 +306,7 @@ def test_canonical_parser_reads_what_float_and_int_read():
     ],
 )
 def test_canonical_parser_declines_what_it_cannot_read_exactly(field, value):
-    from flows.stream_sources import parse_canonical
+    from flows.stream_stats.sources.resp_bulk import parse_canonical
 
     fields = CANONICAL_ENTRY
     odd = [(k, value if k == field else v) for k, v in fields]
@@ -317,7 +320,7 @@ def test_a_slow_canonical_reply_still_takes_the_fast_path():
     import socket
     import threading
 
-    from flows.stream_sources import ParsedEntries
+    from flows.stream_stats.sources.resp_bulk import ParsedEntries
 
     fields = CANONICAL_ENTRY
     reply = _reply([(f"1-{i}", fields) for i in range(3)])

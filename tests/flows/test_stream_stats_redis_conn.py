@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from deployments.production.throwaway import free_port
-from flows import stream_stats_core as core
-from flows.stream_sources import RespConnection, fraud_dataset, read_events
+from flows.stream_stats.compute.baseline import compare_with_baseline
+from flows.stream_stats.consume import run_micro_batches
+from flows.stream_stats.params import StreamParams
+from flows.stream_stats.sources.embedded import fraud_dataset, read_events
+from flows.stream_stats.sources.resp import RespConnection
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = core.StreamParams(source="x", sink="x", window="1min", watermark="3min").spec()
+SPEC = StreamParams(source="x", sink="x", window="1min", watermark="3min").spec()
 PASSWORD = "not-in-plaintext-42"
 
 
@@ -166,14 +169,22 @@ def test_unix_url_connects_to_the_unix_socket_and_streams(unix_redis, tmp_path):
     conn.close()
     dataset = fraud_dataset(tmp_path / "d", transactions=3_000, seed=2, files=1)
     done = subprocess.run(
-        [sys.executable, "-m", "flows.stream_sources", "produce", str(dataset), "--redis", url],
+        [
+            sys.executable,
+            "-m",
+            "flows.stream_stats.producer",
+            "produce",
+            str(dataset),
+            "--redis",
+            url,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr[-1000:]
-    result = core.run_micro_batches(
+    result = run_micro_batches(
         f"{url}?stream=fraud:transactions&group=stats",
         str(tmp_path / "s.duckdb"),
         SPEC.window_ms,
@@ -184,7 +195,7 @@ def test_unix_url_connects_to_the_unix_socket_and_streams(unix_redis, tmp_path):
         idle_s=0.3,
     )
     assert result["events"] == 3_000
-    assert core.compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+    assert compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
     # It all went to the server on the unix socket (not to a TCP Redis on 6379).
     import redis
 
@@ -239,7 +250,7 @@ def test_rediss_to_a_plaintext_server_never_sends_the_password():
 def test_closed_port_names_host_and_parameter():
     port = free_port()
     with pytest.raises(ConnectionError, match=rf"parameter source: Redis at 127\.0\.0\.1:{port}"):
-        core.run_micro_batches(
+        run_micro_batches(
             f"redis://127.0.0.1:{port}/0?stream=s&group=g",
             "/nonexistent/never.duckdb",
             SPEC.window_ms,

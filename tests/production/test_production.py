@@ -98,7 +98,7 @@ def test_deployment_run_from_prefect_yaml_completes(stack: Stack):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    from flows.oom_drill_body import checksum_rows
+    from flows.oom_drill.body import checksum_rows
 
     output = stack.cli(
         "deployment", "run", "oom-drill/oom-drill", "-p", "parts=2", "-p", "rows=3000"

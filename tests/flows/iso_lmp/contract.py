@@ -20,7 +20,7 @@ import pytest
 
 from flows.iso_lmp import dataset, samples
 from flows.iso_lmp.base import CANONICAL_COLUMNS, IsoParseError, Market, canonical_schema
-from flows.iso_lmp.formats import iso_format
+from flows.iso_lmp.formats.registry import iso_format
 
 NODES = 4
 CHUNK = 40  # rows per chunk: small, so every reader crosses chunk boundaries

@@ -10,7 +10,7 @@ import pytest
 
 from flows.iso_lmp import fetch, samples
 from flows.iso_lmp.base import Market
-from flows.iso_lmp.formats import iso_format
+from flows.iso_lmp.formats.registry import iso_format
 
 
 class KeyRecorder(http.server.SimpleHTTPRequestHandler):
