@@ -34,6 +34,7 @@ def generate(raw: Path, nodes: int, days: int) -> int:
     """A day-ahead file per ISO and day; returns the rows written."""
     from flows.iso_lmp import samples
     from flows.iso_lmp.base import Market
+    from flows.iso_lmp.formats.registry import iso_format
 
     first = date(2023, 1, 1)
     rows = 0
@@ -41,9 +42,7 @@ def generate(raw: Path, nodes: int, days: int) -> int:
         for offset in range(days):
             day = first + timedelta(days=offset)
             samples.write_day(iso, Market.DAY_AHEAD_HOURLY, day, raw / iso.lower(), nodes)
-            hours = len(
-                samples.interval_starts(samples.iso_format(iso), Market.DAY_AHEAD_HOURLY, day)
-            )
+            hours = len(samples.interval_starts(iso_format(iso), Market.DAY_AHEAD_HOURLY, day))
             rows += hours * nodes
     return rows
 
