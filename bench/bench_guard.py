@@ -15,8 +15,8 @@ import time
 from bench.bodies import allocate_numpy, noop
 from bench.common import ROOT, table, write_section
 from headroom import OutOfMemory, run_guarded_measured
-from headroom.forkserver import ENV_FORK
-from headroom.spare import ENV_SPARE
+from headroom.isolation.forkserver import ENV_FORK
+from headroom.isolation.spare import ENV_SPARE
 
 CALLS = 10
 

@@ -17,14 +17,16 @@ import sys
 
 from bench.bench_guard import _guarded_calls
 from bench.common import ROOT, table, write_section
-from headroom.cgroup import ENV_CGROUP, available
+from headroom.isolation.cgroup import ENV_CGROUP, available
 
 CAP_MB = 200
 RUNS = 5
 CALLS = 10
 _MODE_SCRIPT = """
 import json, math, shutil, sys, tempfile, time
-from headroom import OutOfMemory, guard, run_guarded
+from headroom import OutOfMemory
+from headroom.isolation import guard
+from headroom import run_guarded
 from bench.bodies_tree import allocating_children, held_at_once, pause
 if sys.argv[1] == "before":  # the watch as it was: the tree walked every 200 ms
     guard.TREE_REFRESH_S, guard.FAST_WHEN_FORKED = 0.2, False

@@ -11,7 +11,7 @@ Targets: wall <= 1.25 x CPU / cores per workload; slot acquisition p50 <= 50 ms,
 
 Each figure is taken two ways in the same run, alternately: "prefect" = Prefect's own
 temporary server with its default settings (HEADROOM_PREFECT_APP=0, as before issue 21) and
-"headroom" = the temporary server headroom starts (headroom.temporary_server).
+"headroom" = the temporary server headroom starts (headroom.server.temporary).
 
     .venv/bin/python -m bench.bench_wall [--only no_work fraud_synth ... fraud_synth_1gb]
         [--repeat 2]
@@ -191,7 +191,7 @@ def report(rows: list[dict], demo: list[tuple[str, float, float, str]], cores: i
         "Each subject in its own process with its own temporary Prefect server on "
         "SQLite, two ways alternately: prefect = Prefect's own temporary server and settings "
         "(HEADROOM_PREFECT_APP=0, as before issue 21), headroom = the server headroom starts "
-        "(headroom.temporary_server). CPU = user+sys of the whole tree (server included); "
+        "(headroom.server.temporary). CPU = user+sys of the whole tree (server included); "
         "ratio = wall / (CPU / "
         f"{cores} usable cores), target <= {RATIO_TARGET}. Slots = the run's acquisitions (the "
         "engine's tag slots and headroom's memory-mb slots), target p50 <= 50 ms, p95 <= "

@@ -1,5 +1,5 @@
 """A body module that imports DuckDB only (as mitma_od's does): its import leaves one thread,
-so its calls are forked from a fork server (headroom.forkserver)."""
+so its calls are forked from a fork server (headroom.isolation.forkserver)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """One subject of bench_wall, run in its own process on the embedded default: a flow run with
 no work, or one workload's demo (its small size). Writes the slot-acquisition latencies of the
 run to a JSON file: the engine's tag slots (timed around Prefect's acquisition call) and
-headroom's memory-mb slots (headroom.leases.acquired_s).
+headroom's memory-mb slots (headroom.prefect.leases.acquired_s).
 
     python -m bench.wall_subject SUBJECT WORKDIR OUT_JSON
 """
@@ -75,7 +75,7 @@ def fraud_synth_1gb(workdir: str) -> None:
 
 
 def main(subject: str, workdir: str, out: str) -> None:
-    from headroom import leases
+    from headroom.prefect import leases
 
     tag: list[float] = []
     requests: list[float] = []

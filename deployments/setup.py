@@ -16,8 +16,8 @@ import logging
 
 from headroom.budget import Budget
 from headroom.limits import Limits
-from headroom.local_server import crash_dead_runs, give_back_stranded
 from headroom.prefect import planned_limits
+from headroom.prefect.local_server import crash_dead_runs, give_back_stranded
 from headroom.units import format_mib
 
 log = logging.getLogger("deployments.setup")
@@ -91,7 +91,7 @@ def record_gpu_share(limits: Limits | None = None) -> float | None:
 
 def setup() -> dict[str, object]:
     """Everything, in order; returns what was applied."""
-    from headroom.blocks import register_blocks
+    from headroom.prefect.blocks import register_blocks
 
     plan = apply_limits()
     ensure_work_pool()

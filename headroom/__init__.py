@@ -5,7 +5,6 @@ Public API: :class:`Budget`, :func:`run_guarded`, :class:`Chunking`, :class:`His
 """
 
 from headroom.budget import Budget, GpuDevice
-from headroom.chunks import Chunking, first_size, next_size, shrink
 from headroom.errors import (
     BadInput,
     ChildFailed,
@@ -18,7 +17,7 @@ from headroom.errors import (
     is_terminal,
     output_fault,
 )
-from headroom.guard import (
+from headroom.isolation.guard import (
     GuardResult,
     current_cap_mb,
     duckdb_share,
@@ -26,7 +25,9 @@ from headroom.guard import (
     run_guarded,
     run_guarded_measured,
 )
-from headroom.history import History, state_dir
+from headroom.sizing.chunks import Chunking, first_size, next_size, shrink
+from headroom.sizing.history import History
+from headroom.state import state_dir
 from headroom.units import duckdb_limit, format_mib, parse_size
 
 __all__ = [

@@ -13,7 +13,7 @@ state event of a run can reach the server before its last heartbeat, and then th
 fires for a run that has finished. The server refuses Crashed for a run already in a final
 state, so such a run emits no event, and only the second automation re-runs anything: it
 reacts to the Crashed event of a state change made by the first (its message), once per
-event, with the parameters of headroom.reruns (chunk_scale halved, lineage capped).
+event, with the parameters of headroom.prefect.reruns (chunk_scale halved, lineage capped).
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ def heartbeat_automation(within_s: float, name: str = AUTOMATION_NAME) -> Any:
 
 def rerun_automation(name: str = RERUN_AUTOMATION_NAME) -> Any:
     """The automation, not yet created: a run Crashed by the heartbeat automation -> one re-run
-    of its deployment (headroom.reruns: chunk_scale halved, lineage capped)."""
+    of its deployment (headroom.prefect.reruns: chunk_scale halved, lineage capped)."""
     from prefect.automations import Automation
     from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    from headroom.reruns import RERUN_PARAMETERS
+    from headroom.prefect.reruns import RERUN_PARAMETERS
 
     prefix = NO_HEARTBEAT.split("{", 1)[0]
     return Automation(

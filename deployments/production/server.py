@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployments.production.pg import PgSettings, create_database
-from headroom.runs import process_start, same_process
+from headroom.prefect.runs import process_start, same_process
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ def data_root() -> Path:
     if os.environ.get(DATA_ROOT_ENV, "").strip():
         return default_data_root()
     try:
-        from headroom.blocks import OutputStorage
+        from headroom.prefect.blocks import OutputStorage
 
         block = OutputStorage.load(DATA_ROOT_BLOCK)
     except Exception:  # no such block (or no API to ask): the default root

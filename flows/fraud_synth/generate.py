@@ -345,7 +345,7 @@ def open_out(out: str) -> Storage:
 
     if is_location(out):
         return open_storage(out)
-    from headroom.blocks import resolve_out
+    from headroom.prefect.blocks import resolve_out
 
     return resolve_out(out)
 

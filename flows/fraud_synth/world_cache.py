@@ -34,7 +34,7 @@ META = "world.json"
 
 
 def worlds_dir() -> Path:
-    from headroom.history import state_dir
+    from headroom.state import state_dir
 
     return state_dir() / "fraud_synth" / "worlds"
 

@@ -42,7 +42,7 @@ from flows.iso_lmp.base import (
 from flows.iso_lmp.formats.registry import iso_format
 from flows.iso_lmp.onepass import OnePass
 from headroom.errors import BadInput, classify_oom, output_fault, output_faults
-from headroom.guard import duckdb_share
+from headroom.isolation.guard import duckdb_share
 from headroom.storage import publishing
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Runs in guarded children, so it imports only DuckDB, the schema and headroom's light modules
 (no pydantic models, no HTTP). DuckDB is imported here, not in each function: the module's
-fork server (headroom.forkserver) then holds it, and no child pays its 0.15 CPU-s import again.
+fork server (headroom.isolation.forkserver) then holds it, and no child pays its import again.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 from flows.ml_pipeline.dataset import ordered_files, read_manifest
 from flows.ml_pipeline.schema import FEATURES, HOUR_MS, LOOKBACK_MS, NIGHT_HOURS, to_ms
 from headroom.errors import BadInput
-from headroom.guard import current_cap_mb
+from headroom.isolation.guard import current_cap_mb
 from headroom.storage import open_storage, publishing
 from headroom.units import duckdb_limit
 

@@ -86,7 +86,7 @@ class TrainParams(FlowParams):
         registry = local_path(self.out)
         if registry is not None:
             return registry / "_work"
-        from headroom.history import state_dir
+        from headroom.state import state_dir
 
         return Path(state_dir()) / "ml-work"
 

@@ -13,7 +13,7 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr
 
 from headroom import BadInput
-from headroom.blocks import (
+from headroom.prefect.blocks import (
     MemoryBudget,
     OutputStorage,
     forget_cached_block,
@@ -35,7 +35,7 @@ def test_storage_block_loads_by_name_in_a_fresh_process(tmp_path):
         secret_access_key=SecretStr("not-a-real-secret"),
     ).save("lake-test", overwrite=True)
     code = (
-        "import json; from headroom.blocks import OutputStorage;"
+        "import json; from headroom.prefect.blocks import OutputStorage;"
         "b = OutputStorage.load('lake-test');"
         "print(json.dumps({'url': b.url(), 'key': b.s3_settings().access_key}))"
     )
@@ -107,7 +107,7 @@ def test_budget_block_refuses_a_bad_tag_cap():
 
 
 def test_saved_blocks_still_load_after_the_move_into_headroom():
-    # Blocks saved before the classes moved from blocks/ into headroom/blocks.py are found
+    # Blocks saved before the classes moved from blocks/ into headroom/prefect/blocks.py are found
     # by these slugs and hold data of these schemas (checksums of the classes as they were).
     assert MemoryBudget.get_block_type_slug() == "headroom-memory-budget"
     assert OutputStorage.get_block_type_slug() == "headroom-output-storage"

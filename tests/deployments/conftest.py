@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from deployments.production.throwaway import free_port
-from headroom.runs import process_start
+from headroom.prefect.runs import process_start
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = ["oom-drill", "stream-stats-redis", "fraud-synth-weekly", "ml-fraud-model"]

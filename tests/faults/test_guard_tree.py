@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from headroom import OutOfMemory, run_guarded
-from headroom import cgroup as call_cgroup
+from headroom.isolation import cgroup as call_cgroup
 from tests.conftest import IN_CI
 from tests.faults import bodies
 
@@ -105,7 +105,7 @@ def test_cgroups_of_a_killed_guarding_process_are_removed_by_the_next(tmp_path):
     import sys
 
     script = (
-        "import os, time\nfrom headroom import cgroup\n"
+        "import os, time\nfrom headroom.isolation import cgroup\n"
         "group = cgroup.for_call(100)\nprint(group.path, flush=True)\ntime.sleep(60)\n"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
@@ -118,7 +118,7 @@ def test_cgroups_of_a_killed_guarding_process_are_removed_by_the_next(tmp_path):
         process.wait()
     assert left.is_dir()
     subprocess.run(
-        [sys.executable, "-c", "from headroom import cgroup; assert cgroup.available()"],
+        [sys.executable, "-c", "from headroom.isolation import cgroup; assert cgroup.available()"],
         check=True,
     )
     assert not left.exists() and not left.parent.exists()
@@ -127,7 +127,7 @@ def test_cgroups_of_a_killed_guarding_process_are_removed_by_the_next(tmp_path):
 def test_a_pid_reused_by_another_process_is_never_killed():
     import subprocess
 
-    from headroom import proctree
+    from headroom.isolation import proctree
 
     other = subprocess.Popen(["sleep", "60"])
     try:

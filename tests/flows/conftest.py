@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.stream_stats.sources.kafka_broker import broker_binary, local_broker
+from deployments.kafka_broker import broker_binary, local_broker
 from tests.conftest import IN_CI
 
 

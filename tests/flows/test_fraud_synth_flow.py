@@ -15,7 +15,7 @@ import pytest
 
 from flows.fraud_synth import generate as gen
 from flows.fraud_synth.flow import demo, generate_fraud_dataset
-from headroom.report import load_attempts
+from headroom.prefect.report import load_attempts
 from headroom.storage import TMP_MARK, open_storage
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]

@@ -16,7 +16,7 @@ from flows.mitma_od import bronze, discover, samples, schema
 from flows.mitma_od.flow import ingest_mitma_od
 from headroom import parse_size
 from headroom.budget import usable_cores
-from headroom.report import load_attempts
+from headroom.prefect.report import load_attempts
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 

@@ -129,7 +129,7 @@ def test_a_run_without_raw_files_fails_saying_so(tmp_path, prefect_harness):
 def test_the_data_root_is_the_environment_else_the_block_else_the_project(
     tmp_path, monkeypatch, prefect_harness
 ):
-    from headroom.blocks import OutputStorage
+    from headroom.prefect.blocks import OutputStorage
 
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     assert data_root() == PROJECT_DIR

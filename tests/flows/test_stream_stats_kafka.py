@@ -130,6 +130,26 @@ def test_round_trip_through_produce_three_partitions_keys_spread(dataset, topic_
     assert all(len(partitions) == 1 for partitions in where.values())
 
 
+def parse_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("kafka-parse")]
+
+
+def test_chunks_parsed_beside_the_consumer_give_the_windows_of_the_baseline(
+    dataset, topic_url, tmp_path, monkeypatch
+):
+    """Many consume() chunks per micro-batch, each parsed on the parse thread while the next
+    is consumed: the same windows as the per-event baseline, and no thread left after."""
+    from flows.stream_stats.sources import kafka as stream_kafka
+
+    monkeypatch.setattr(stream_kafka, "FETCH_CHUNK", 97)
+    produce(dataset, topic_url)
+    result = consume(topic_url, tmp_path / "s.duckdb", max_batch=2_000)
+    assert result["events"] == 9_000 and result["rejected"] == 0
+    assert compare_with_baseline(tmp_path / "s.duckdb", read_events(dataset), SPEC) == []
+    assert sum(sink_offsets(tmp_path / "s.duckdb").values()) == 9_000
+    assert parse_threads() == []
+
+
 def test_group_offsets_in_kafka_follow_the_sink_for_lag(dataset, topic_url, tmp_path):
     from confluent_kafka import Consumer, TopicPartition
 
@@ -225,10 +245,17 @@ def test_sigkill_mid_run_then_run_again_counts_each_event_once(dataset, topic_ur
     assert sum(sink_offsets(sink).values()) == 9_000
 
 
-def test_malformed_messages_are_rejected_with_partition_and_offset(kafka_broker, tmp_path):
+@pytest.mark.parametrize("chunk", [10_000, 2])
+def test_malformed_messages_are_rejected_with_partition_and_offset(
+    kafka_broker, tmp_path, monkeypatch, chunk
+):
+    """One consume() chunk for all messages, or good and bad ones in chunks of their own."""
     from confluent_kafka import Producer
 
+    from flows.stream_stats.sources import kafka as stream_kafka
     from flows.stream_stats.sources.kafka import create_topic
+
+    monkeypatch.setattr(stream_kafka, "FETCH_CHUNK", chunk)
 
     url = f"kafka://{kafka_broker}/bad-{uuid.uuid4().hex[:8]}?group=stats"
     create_topic(parse_kafka_source(url), 3)
@@ -271,6 +298,7 @@ def test_malformed_messages_are_rejected_with_partition_and_offset(kafka_broker,
     assert amount == 20.0
     reasons = " ".join(reason for _, reason in rejects)
     assert "not JSON" in reasons and "field amount" in reasons and "lacks ['ts']" in reasons
+    assert parse_threads() == []
 
 
 def test_another_group_member_joins_then_leaves_nothing_twice_or_lost(dataset, topic_url, tmp_path):
@@ -357,3 +385,41 @@ def test_closed_port_names_the_broker_and_the_parameter():
         source.start((-1, -1))
     assert time.monotonic() - started < 30
     source.close()
+
+
+def test_messages_below_the_sinks_offsets_are_dropped_parsed_or_rejected_alike():
+    """Chunks parsed whole (the fast path) or one message at a time (some value is not an
+    event) keep the same events: those at or past the sink's next offset of their partition."""
+    from confluent_kafka import Message
+
+    from flows.stream_stats.sources.kafka import chunks_to_batch, parse_chunk
+
+    def message(partition: int, offset: int, value: bytes | None = None) -> Message:
+        event = {
+            "transaction_id": 10 * partition + offset,
+            "ts": 1_704_067_200_000 + offset,
+            "customer_id": 7,
+            "merchant_category": "travel",
+            "channel": "online",
+            "amount": 1.5,
+            "is_fraud": False,
+        }
+        value = json.dumps(event).encode() if value is None else value
+        return Message(topic="t", partition=partition, offset=offset, value=value)
+
+    first = [message(0, offset) for offset in range(3)]
+    second = [message(1, offset) for offset in range(3)]
+    sink = {0: 2, 1: 1}
+    batch = chunks_to_batch([parse_chunk(first), parse_chunk(second)], sink)
+    assert batch is not None and batch.offsets == {0: 3, 1: 3}
+    assert batch.transaction_id.tolist() == [2, 11, 12] and batch.rejects == []
+    second[0] = message(1, 0, b"not json")  # below the sink's offset: neither kept nor rejected
+    batch = chunks_to_batch([parse_chunk(first), parse_chunk(second)], sink)
+    assert batch is not None and batch.transaction_id.tolist() == [2, 11, 12]
+    assert batch.rejects == []
+    second[1] = message(1, 1, b"[]")
+    batch = chunks_to_batch([parse_chunk(first), parse_chunk(second)], sink)
+    assert batch is not None and batch.transaction_id.tolist() == [2, 12]
+    assert [where for where, _ in batch.rejects] == ["partition 1 offset 1"]
+    assert batch.id_hi.tolist() == [0, 1] and batch.id_lo.tolist() == [2, 2]
+    assert chunks_to_batch([parse_chunk(first[:2])], sink) is None  # all applied already

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from headroom.attempts import AttemptLog, OpenLogs, failed_outcome
 from headroom.errors import OutOfMemory
-from headroom.report import Attempt
+from headroom.prefect.attempts import AttemptLog, OpenLogs, failed_outcome
+from headroom.prefect.report import Attempt
 
 
 def _attempt(number: int, chunk: int, outcome: str) -> Attempt:

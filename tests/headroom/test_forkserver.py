@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from headroom import OutOfMemory, forkserver, run_guarded
-from headroom.runs import process_start
+from headroom import OutOfMemory, run_guarded
+from headroom.isolation import forkserver
+from headroom.prefect.runs import process_start
 from tests.headroom import threaded_body, workers
 
 

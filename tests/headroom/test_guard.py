@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from headroom import ChildFailed, GuardTimeout, OutOfMemory, run_guarded, run_guarded_measured
-from headroom.runs import process_start
+from headroom.prefect.runs import process_start
 from tests.headroom import workers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def spares_only(monkeypatch):
-    """The spare path, for bodies a fork server would otherwise run (headroom.forkserver)."""
-    from headroom import forkserver
+    """The spare path, for bodies a fork server would otherwise run
+    (headroom.isolation.forkserver)."""
+    from headroom.isolation import forkserver
 
     monkeypatch.setenv(forkserver.ENV_FORK, "0")
 
@@ -175,7 +176,7 @@ def _waiting_children() -> list:
         for p in psutil.Process().children()
         # Zombies: orphans of other tests' killed processes, handed to this one (a subreaper).
         if p.status() != psutil.STATUS_ZOMBIE
-        and p.cmdline()[-3:-1] == ["headroom._child", "--wait"]
+        and p.cmdline()[-3:-1] == ["headroom.isolation.child", "--wait"]
     ]
 
 
@@ -199,7 +200,7 @@ def test_a_spare_killed_from_outside_is_replaced_not_taken_for_an_oom():
 def test_a_spare_that_dies_as_its_call_is_handed_is_replaced(monkeypatch):
     # The race the liveness check cannot close: the spare dies after poll() said it runs, so
     # handing it the call meets a closed pipe; the guard starts another child for the call.
-    from headroom import spare
+    from headroom.isolation import spare
 
     run_guarded(workers.add, 1, 1, cap_mb=200)
     (waiting,) = _waiting_children()

@@ -10,8 +10,8 @@ import uuid
 import pytest
 from prefect.client.orchestration import get_client
 
-from headroom import leases
 from headroom.errors import TerminalError
+from headroom.prefect import leases
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from headroom import Chunking
 from headroom.prefect import FLOW_HOOKS, FLOW_TAG_OOM, map_bounded
 from headroom.prefect import budgeted_task as budgeted
-from headroom.report import load_attempts
+from headroom.prefect.report import load_attempts
 from tests.headroom import bodies
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

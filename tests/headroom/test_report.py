@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from headroom.report import Attempt, attempts_key, timeline_figure, timeline_png
+from headroom.prefect.report import Attempt, attempts_key, timeline_figure, timeline_png
 
 
 def _attempt(task: str, started: float, seconds: float, cap: float, peak: float) -> Attempt:

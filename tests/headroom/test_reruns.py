@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from headroom.reruns import MAX_RERUNS, RERUN_PARAMETERS, rerun_parameters
+from headroom.prefect.reruns import MAX_RERUNS, RERUN_PARAMETERS, rerun_parameters
 
 
 def _render(parameters: dict) -> dict:

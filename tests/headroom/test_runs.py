@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 
-from headroom import runs
+from headroom.prefect import runs
 
 
 def test_a_live_process_is_not_gone_a_dead_or_reused_pid_is(tmp_path, monkeypatch):

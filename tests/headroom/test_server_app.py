@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from headroom.server_app import RetryRefused
+from headroom.server.app import RetryRefused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ print(" ".join(psutil.Process(server.pid).cmdline()))
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("switch", "factory"),
-    [("1", "headroom.server_app:create_app"), ("0", "prefect.server.api.server:create_app")],
+    [("1", "headroom.server.app:create_app"), ("0", "prefect.server.api.server:create_app")],
 )
 def test_the_embedded_default_starts_headroom_app(tmp_path, switch, factory):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

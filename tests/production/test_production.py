@@ -15,7 +15,7 @@ import pytest
 from deployments.production import server
 from deployments.production.pg import PgSettings, create_database, drop_database
 from headroom.prefect import RERUN_TAG
-from headroom.reruns import rerun_parameters
+from headroom.prefect.reruns import rerun_parameters
 from tests.conftest import require_service
 from tests.production.conftest import UUID_LINE, ZOMBIE_AFTER_S, Stack, wait_for
 

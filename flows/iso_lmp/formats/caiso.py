@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows.iso_lmp import base
 from flows.iso_lmp.base import IsoFormat, IsoParseError, Layout, Market
-from headroom.guard import duckdb_share
+from headroom.isolation.guard import duckdb_share
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -17,10 +17,14 @@ committed after the sink's, only for lag monitoring; other members of the group 
 reader, a rebalance among them) never move this consumer.
 
 Speed (figures in BENCHMARKS.md): joining a group cost 5 s on Tansu (its JoinGroup waits half
-the session timeout) and per-message Python calls dominated; now there is no join, message
-fields are read with the unbound ``Message`` methods mapped over a batch, and all values of
-a batch are parsed at once by Arrow's JSON reader (one message at a time only when some
-value is not a canonical event, to name each reject's partition and offset).
+the session timeout), so there is no join. read() hands each consume() chunk to one parse
+thread, which maps the unbound ``Message`` methods over it (one C call per message, no Python
+frame), parses all its values at once with Arrow's JSON reader (one message at a time only
+when some value is not a canonical event, to name each reject's partition and offset) and
+lets the messages go; the next chunk is consumed meanwhile. read() waits for every parse
+before it returns, so nothing runs beside the commit, the seek or close(). librdkafka's
+fetch backoff is shortened (CONSUMER_TUNING): with its default a full local queue stalls
+fetching for a second.
 
 Event time is one watermark over all partitions (as in Spark): partitions consumed far apart
 in time make the slower one's events late, so the watermark must cover that spread.
@@ -35,7 +39,9 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -57,6 +63,10 @@ SECURITY_ENV = {
 }
 CONNECT_TIMEOUT_S = 15.0
 FETCH_CHUNK = 10_000  # messages per consume() call
+# librdkafka stops fetching when its queue holds queued.min.messages, and by default waits
+# a whole second before it looks again: a reader that drains the queue in a fraction of
+# that (a micro-batch holds more than the queue) would wait for the broker each time.
+CONSUMER_TUNING = {"fetch.queue.backoff.ms": 20}
 
 
 @dataclass(frozen=True)
@@ -172,10 +182,15 @@ class KafkaSource:
         self.consumer: Any = None
         self.offsets: Mapping[int, int] = {}  # the sink's next offset per partition, live
         self.assigned: set[int] = set()
-        self.pending: list[Any] = []  # messages read but not yet returned
+        # One thread parses the chunks read() consumes; only read() uses it, and waits for it.
+        self.parser = ThreadPoolExecutor(1, thread_name_prefix="kafka-parse")
 
     def start(self, after: tuple[int, int], offsets: Mapping[int, int] | None = None) -> None:
         """Assign every partition at the sink's offsets (``offsets``: its live mapping)."""
+        # The parse thread's modules, imported before the first poll: the first chunk's
+        # parse would otherwise import them, holding the interpreter the consumer needs.
+        import pyarrow.compute  # noqa: F401
+        import pyarrow.json  # noqa: F401
         from confluent_kafka import Consumer
 
         self.offsets = {} if offsets is None else offsets
@@ -184,6 +199,7 @@ class KafkaSource:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            **CONSUMER_TUNING,
         }
         self.consumer = Consumer(config, logger=log)
         self._assign_new(check_reachable(self.consumer, self.target))
@@ -212,15 +228,24 @@ class KafkaSource:
     def read(self, max_events: int, block_ms: int = 1000) -> EventBatch | None:
         """Up to ``max_events`` messages: waits ``block_ms`` for the first, then takes the rest."""
         deadline = time.monotonic() + block_ms / 1000
-        while len(self.pending) < max_events:
-            want = min(FETCH_CHUNK, max_events - len(self.pending))
+        chunks: list[Future] = []
+        count = 0
+        while count < max_events:
             left = deadline - time.monotonic()
-            got = self.consumer.consume(want, 0 if self.pending else max(0.0, left))
-            self.pending.extend(got)
-            if not got and (self.pending or left <= 0):
+            got = self.consumer.consume(
+                min(FETCH_CHUNK, max_events - count), 0 if count else max(0.0, left)
+            )
+            if got:
+                # Parsed while the next chunk is consumed (Arrow's reader releases the GIL),
+                # and the messages freed then, as a bare consumer frees them.
+                chunks.append(self.parser.submit(parse_chunk, got))
+                count += len(got)
+            elif count or left <= 0:
                 break
-        taken, self.pending = self.pending[:max_events], self.pending[max_events:]
-        return messages_to_batch(taken, self.offsets) if taken else None
+        if not chunks:
+            return None
+        # Every parse finishes here: nothing runs on after read() returns.
+        return chunks_to_batch([future.result() for future in chunks], self.offsets)
 
     def ack(self, batch: EventBatch) -> None:
         """Kafka learns the committed positions, for lag monitoring only."""
@@ -264,71 +289,18 @@ class KafkaSource:
                 self._commit_informational(self.assigned, asynchronous=False)
             self.consumer.close()
             self.consumer = None
+        self.parser.shutdown(wait=True, cancel_futures=True)
 
 
 _NUMBERS = {"transaction_id": int, "ts": int, "customer_id": int, "amount": float}
 
 
-def messages_to_batch(messages: list[Any], offsets: Mapping[int, int]) -> EventBatch | None:
-    """Columns from messages; ones below the sink's offsets dropped, bad ones rejected."""
-    from confluent_kafka import Message
-
-    # Unbound methods mapped over the list: one C call per message, no Python frame.
-    kept = messages
-    if any(map(Message.error, messages)):
-        kept = [m for m in messages if m.error() is None]
-        log.warning("Kafka delivered %d errors instead of messages", len(messages) - len(kept))
-    partitions = np.fromiter(map(Message.partition, kept), np.int64, len(kept))
-    positions = np.fromiter(map(Message.offset, kept), np.int64, len(kept))
-    if offsets and len(kept):
-        floor = np.zeros(int(partitions.max()) + 1, dtype=np.int64)
-        for partition, offset in offsets.items():
-            if partition < len(floor):
-                floor[partition] = offset
-        fresh = positions >= floor[partitions]  # committed already: read before a restart
-        if not fresh.all():
-            kept = [m for m, keep in zip(kept, fresh.tolist(), strict=True) if keep]
-            partitions, positions = partitions[fresh], positions[fresh]
-    if not kept:
-        return None
-    next_offsets = {
-        int(p): int(positions[partitions == p].max()) + 1 for p in np.unique(partitions).tolist()
-    }
-    values = list(map(Message.value, kept))
-    columns = _parse_all(values)
-    rejects: list[tuple[str, str]] = []
-    if columns is None:  # some value is not a canonical event: one by one, with reasons
-        rows, good = [], []
-        for i, value in enumerate(values):
-            event, reason = parse_event(value)
-            if event is None:
-                where = f"partition {partitions[i]} offset {positions[i]}"
-                rejects.append((where, reason))
-                log.warning("%s rejected: %s", where, reason)
-            else:
-                rows.append(event)
-                good.append(i)
-        partitions, positions = partitions[good], positions[good]
-        columns = {name: [row[name] for row in rows] for name in FIELDS}
-        columns["ts"] = np.array(columns["ts"], dtype=np.int64)
-        for name in KEY_FIELDS:
-            columns[name] = [str(v) for v in columns[name]]
-    return batch_from_columns(partitions, positions, columns, rejects=rejects, offsets=next_offsets)
-
-
-def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
-    """Columns of all values at once (Arrow's JSON reader), or None if any is not canonical."""
+@cache
+def _schema() -> Any:
+    """The Arrow schema of a canonical event value."""
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.json as pj
 
-    try:
-        joined = b"\n".join(values)  # type: ignore[arg-type]
-    except TypeError:  # a message without a value
-        return None
-    if joined.count(b"\n") != len(values) - 1:  # a value spans lines: not one JSON per line
-        return None
-    schema = pa.schema(
+    return pa.schema(
         [
             ("transaction_id", pa.int64()),
             ("ts", pa.int64()),
@@ -339,11 +311,110 @@ def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
             ("is_fraud", pa.bool_()),
         ]
     )
+
+
+@dataclass
+class Chunk:
+    """One consume() chunk: each message's partition and offset, and its values parsed."""
+
+    partitions: np.ndarray
+    positions: np.ndarray
+    table: Any  # the Arrow table of all values, or None if one is not a canonical event
+    values: list[bytes | None]  # kept only where ``table`` is None
+
+
+def parse_chunk(messages: list[Any]) -> Chunk:
+    """The :class:`Chunk` of messages (errors Kafka delivered instead of messages dropped)."""
+    from confluent_kafka import Message
+
+    # Unbound methods mapped over the list: one C call per message, no Python frame.
+    if any(map(Message.error, messages)):
+        kept = [m for m in messages if m.error() is None]
+        log.warning("Kafka delivered %d errors instead of messages", len(messages) - len(kept))
+        messages = kept
+    values = list(map(Message.value, messages))
+    table = _parse_values(values)
+    return Chunk(
+        np.fromiter(map(Message.partition, messages), np.int64, len(messages)),
+        np.fromiter(map(Message.offset, messages), np.int64, len(messages)),
+        table,
+        [] if table is not None else values,
+    )
+
+
+def chunks_to_batch(chunks: list[Chunk], offsets: Mapping[int, int]) -> EventBatch | None:
+    """One batch of chunks in order; messages below the sink's offsets dropped, bad ones
+    rejected with their partition and offset."""
+    partitions = np.concatenate([c.partitions for c in chunks])
+    positions = np.concatenate([c.positions for c in chunks])
+    fresh = np.ones(len(partitions), dtype=bool)
+    if offsets and len(partitions):
+        floor = np.zeros(int(partitions.max()) + 1, dtype=np.int64)
+        for partition, offset in offsets.items():
+            if partition < len(floor):
+                floor[partition] = offset
+        fresh = positions >= floor[partitions]  # committed already: read before a restart
+    partitions, positions = partitions[fresh], positions[fresh]
+    if not len(partitions):
+        return None
+    next_offsets = {
+        int(p): int(positions[partitions == p].max()) + 1 for p in np.unique(partitions).tolist()
+    }
+    if all(c.table is not None for c in chunks):
+        import pyarrow as pa
+
+        from flows.stream_arrow import column
+
+        table = pa.concat_tables([c.table for c in chunks])
+        if not fresh.all():
+            table = table.filter(column(fresh))
+        columns = {name: table[name] for name in FIELDS}
+        return batch_from_columns(partitions, positions, columns, offsets=next_offsets)
+    # Some value is not a canonical event: one by one, with reasons.
+    parsed: list[tuple[dict[str, Any] | None, str]] = []
+    for chunk in chunks:
+        if chunk.table is not None:
+            parsed.extend((row, "") for row in chunk.table.to_pylist())
+        else:
+            parsed.extend(map(parse_event, chunk.values))
+    rows, good, rejects = [], [], []
+    kept = (item for item, keep in zip(parsed, fresh.tolist(), strict=True) if keep)
+    for i, (event, reason) in enumerate(kept):
+        if event is None:
+            where = f"partition {partitions[i]} offset {positions[i]}"
+            rejects.append((where, reason))
+            log.warning("%s rejected: %s", where, reason)
+        else:
+            rows.append(event)
+            good.append(i)
+    columns = {name: [row[name] for row in rows] for name in FIELDS}
+    columns["ts"] = np.array(columns["ts"], dtype=np.int64)
+    for name in KEY_FIELDS:
+        columns[name] = [str(v) for v in columns[name]]
+    return batch_from_columns(
+        partitions[good], positions[good], columns, rejects=rejects, offsets=next_offsets
+    )
+
+
+def _parse_values(values: list[bytes | None]) -> Any:
+    """An Arrow table of the values (Arrow's JSON reader), or None if any is not canonical."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    try:
+        joined = b"\n".join(values)  # type: ignore[arg-type]
+    except TypeError:  # a message without a value
+        return None
+    if joined.count(b"\n") != len(values) - 1:  # a value spans lines: not one JSON per line
+        return None
     try:
         table = pj.read_json(
             pa.BufferReader(joined),
+            # One chunk is small, and read() already parses beside the consumer.
+            read_options=pj.ReadOptions(use_threads=False),
             parse_options=pj.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="ignore"
+                explicit_schema=_schema(), unexpected_field_behavior="ignore"
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -352,7 +423,7 @@ def _parse_all(values: list[bytes | None]) -> dict[str, Any] | None:
         return None
     if not pc.all(pc.is_finite(table["amount"])).as_py():
         return None
-    return {name: table[name] for name in FIELDS}
+    return table
 
 
 def parse_event(value: bytes | None) -> tuple[dict[str, Any] | None, str]:

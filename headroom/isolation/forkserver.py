@@ -1,8 +1,8 @@
 """Guarded children forked from a warm process, so a call costs no interpreter start.
 
-A spare (headroom.spare) hides a child's start-up from the wall clock, not from the CPU: each
-``python -m headroom._child`` spends about 0.2 CPU-s starting the interpreter and importing the
-body's module (DuckDB's alone is 0.15 s), and a run of a few hundred short tasks pays that for
+A spare (headroom.isolation.spare) hides a child's start-up from the wall clock, not from the CPU:
+each ``python -m headroom.isolation.child`` spends CPU starting the interpreter and importing the
+body's module, and a run of a few hundred short tasks pays that for
 every one, plus the spares left unused at the end. So for each body module (and environment
 and working directory) one fork server is started once: it imports the module, then forks a
 fresh child per call, which runs that one call exactly as a spare would (its own session, its
@@ -83,7 +83,14 @@ class ForkServer:
         read_end, write_end = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "headroom._child", "--fork-server", module, str(write_end)],
+                [
+                    sys.executable,
+                    "-m",
+                    "headroom.isolation.child",
+                    "--fork-server",
+                    module,
+                    str(write_end),
+                ],
                 env=env,
                 cwd=cwd,
                 stdin=subprocess.PIPE,
@@ -194,7 +201,7 @@ _unforkable: set[str] = set()
 def child_for(env: dict[str, str], module: str, start) -> ForkedChild | None:
     """A child to be forked for a call of ``module`` with ``env``, or None when this module is
     not forked from (then the caller starts its own). ``start`` runs a callable on the
-    long-lived starter thread (see headroom.spare) and returns its result."""
+    long-lived starter thread (see headroom.isolation.spare) and returns its result."""
     if not enabled() or module in _unforkable:
         return None
     cwd = os.getcwd()

@@ -12,7 +12,7 @@ request again is what already happens, only sooner. Only the concurrency-limit e
 run again here: each is one transaction, so a refused one changed nothing; an endpoint that
 commits in several transactions (logs are written in batches) keeps Prefect's behaviour.
 
-    uvicorn --factory headroom.server_app:create_app
+    uvicorn --factory headroom.server.app:create_app
 """
 
 from __future__ import annotations

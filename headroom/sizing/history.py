@@ -7,21 +7,11 @@ import sqlite3
 import time
 from pathlib import Path
 
-from headroom.chunks import size_class
+from headroom.sizing.chunks import size_class
+from headroom.state import state_dir
 
-ENV_STATE_DIR = "HEADROOM_STATE_DIR"
 # Only recent successes speak for a task: inputs and code change.
 RECENT = 20
-
-
-def state_dir() -> Path:
-    """Where headroom keeps its state: $HEADROOM_STATE_DIR, else ./.headroom."""
-    return Path(os.environ.get(ENV_STATE_DIR) or Path.cwd() / ".headroom")
-
-
-def runs_dir() -> Path:
-    """Per flow run files: its attempts (headroom.report), its process (headroom.runs)."""
-    return state_dir() / "runs"
 
 
 class History:

@@ -9,14 +9,14 @@ has its own lease expiry and other hosts' runs to respect):
 
 - the limits headroom needs are created when missing (a script's first call on a fresh
   machine), logged once;
-- Running runs whose process on this host is gone are marked Crashed (headroom.runs);
+- Running runs whose process on this host is gone are marked Crashed (headroom.prefect.runs);
 - when no other run is then live, slots held by no run are given back.
 
 And the temporary server dies with the process that started it: a watchdog process kills it
 when that process is gone, however it went. Slots this process let go are given back before
 the temporary server stops at exit.
 
-The temporary server itself is started early and with headroom's app: headroom.temporary_server.
+The temporary server itself is started early and with headroom's app: headroom.server.temporary.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
-from headroom import leases
-from headroom.runs import live_filter
+from headroom.prefect import leases
+from headroom.prefect.runs import live_filter
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def crash_dead_runs(client: Any) -> list[str]:
     and hold back the giving back of their slots. Returns their ids."""
     from prefect.states import Crashed
 
-    from headroom import runs
+    from headroom.prefect import runs
 
     flow_runs = client.read_flow_runs(flow_run_filter=live_filter(), limit=200)
     dead = runs.gone(str(r.id) for r in flow_runs)
@@ -148,7 +148,7 @@ def watch_temporary_server() -> int | None:
     atexit.unregister(leases.give_back_kept)
     atexit.register(leases.give_back_kept)
     watchdog = subprocess.Popen(
-        [sys.executable, "-m", "headroom.watchdog", str(os.getpid()), str(server_pid)],
+        [sys.executable, "-m", "headroom.isolation.watchdog", str(os.getpid()), str(server_pid)],
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C to the script's group must not stop it first
     )

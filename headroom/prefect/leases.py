@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from headroom import waiting
 from headroom.errors import TerminalError
 from headroom.limits import setup_hint
+from headroom.prefect import waiting
 
 # The server's Retry-After follows the limit's average occupancy (up to 30 s); memory frees in
 # steps of one task, so a waiter looks again at least this often.
@@ -220,7 +220,7 @@ def _renew_forever() -> None:
     """Renew each live lease at half its duration; give back those let go and not taken."""
     from prefect.logging.loggers import get_logger
 
-    logger = get_logger("headroom.leases")
+    logger = get_logger("headroom.prefect.leases")
     while True:
         with _lock:
             due = min(

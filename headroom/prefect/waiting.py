@@ -17,7 +17,7 @@ from typing import Any
 LOG_EVERY_S = float(os.environ.get("HEADROOM_WAIT_LOG_S", "30"))
 _SHOWN = 5
 
-log = logging.getLogger("headroom.waiting")
+log = logging.getLogger("headroom.prefect.waiting")
 
 
 def holders(client: Any, name: str) -> str:
@@ -31,7 +31,7 @@ def holders(client: Any, name: str) -> str:
             runs = [_task_run_name(client, task_run_id) for task_run_id in held[:_SHOWN]]
             who = ", ".join(runs) if runs else "no live task run (slots of a dead run?)"
         else:
-            from headroom.runs import live_filter
+            from headroom.prefect.runs import live_filter
 
             live = client.read_flow_runs(flow_run_filter=live_filter(), limit=_SHOWN)
             who = "live flow runs " + (", ".join(r.name for r in live) if live else "none")

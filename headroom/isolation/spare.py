@@ -1,7 +1,7 @@
 """Guarded children started ahead of need, so a call does not wait for an interpreter.
 
-A fresh ``python -m headroom._child`` spends 100-300 ms (more on a loaded host) starting the
-interpreter and processing site-packages before it can run anything: on a 5 s task that is
+A fresh ``python -m headroom.isolation.child`` spends 100-300 ms (more on a loaded host) starting
+the interpreter and processing site-packages before it can run anything: on a 5 s task that is
 most of the guard's overhead. So as each call starts, the guard asks for the next child, which
 waits on its stdin for a call, while the current one runs: one spare per call of the module
 running now (three tasks running side by side may end together and each find one), at most
@@ -31,10 +31,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from headroom import forkserver
-from headroom.forkserver import ForkedChild
+from headroom.isolation import forkserver
+from headroom.isolation.forkserver import ForkedChild
 
-CHILD_ARGV = [sys.executable, "-m", "headroom._child", "--wait"]
+CHILD_ARGV = [sys.executable, "-m", "headroom.isolation.child", "--wait"]
 # Spares kept per process: unset, as many as calls of the module run at once (so a wave of
 # tasks ending together each finds one), at most MAX_SPARES; "0" turns spares off (each call
 # then starts its own child, as a memory-tight host may want: a spare holds its interpreter
@@ -89,8 +89,8 @@ def _most_spares() -> int:
 
 def take_child(env: dict[str, str], module: str) -> subprocess.Popen[bytes] | ForkedChild:
     """A child for a call of a function of ``module`` with ``env``: one to be forked by the
-    module's fork server (headroom.forkserver) where it has one; else a waiting spare when one
-    fits, else a new one, and then spares for the next calls are asked for (started by another
+    module's fork server (headroom.isolation.forkserver) where it has one; else a waiting spare when
+    one fits, else a new one, and then spares for the next calls are asked for (started by another
     thread while this call runs), one per call of the module now running."""
     forked = forkserver.child_for(env, module, lambda make: _starter.submit(make).result())
     if forked is not None:

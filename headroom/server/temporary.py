@@ -3,7 +3,7 @@ with three changes.
 
 - It starts as soon as headroom.prefect is imported, not when the process first asks the API
   for something, so that it boots while the process imports the rest of its flow.
-- Its app answers again at once the requests SQLite refused (headroom.server_app).
+- Its app answers again at once the requests SQLite refused (headroom.server.app).
 - Its task-run recorder and event persister write in batches, so that slot acquisitions meet
   fewer other writers (Prefect's defaults write every task-run event in its own transaction).
 
@@ -104,7 +104,7 @@ def _launch(port: int) -> tuple[subprocess.Popen[Any], dict[str, str]]:
             "--app-dir",
             str(prefect.__module_path__.parent),
             "--factory",
-            "headroom.server_app:create_app",
+            "headroom.server.app:create_app",
             "--host",
             "127.0.0.1",
             "--port",

@@ -1,8 +1,8 @@
 """Kill a process (and its descendants) once another process is gone.
 
-    python -m headroom.watchdog OWNER_PID TARGET_PID
+    python -m headroom.isolation.watchdog OWNER_PID TARGET_PID
 
-Started by headroom.local_server for the temporary Prefect server of a script: when the
+Started by headroom.prefect.local_server for the temporary Prefect server of a script: when the
 script's process ends in any way (SIGKILL included, when nothing of it can stop the server),
 the server goes too. It exits when either process is gone. Process identity is psutil's (pid
 and start time), so a recycled pid is never signalled.

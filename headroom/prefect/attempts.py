@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 from headroom.errors import OutOfMemory
-from headroom.report import Attempt
+from headroom.prefect.report import Attempt
 
 OOM_KINDS = frozenset(OutOfMemory.KINDS)
 TRANSIENT = "transient:"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from headroom.history import runs_dir, state_dir
+from headroom.state import runs_dir, state_dir
 from headroom.units import format_mib
 
 

@@ -1,9 +1,10 @@
 """Entry point of a guarded child: load the call, run it, write back its result.
 
-Started ahead of need as ``python -m headroom._child --wait MODULE`` (see headroom.spare): it
-imports MODULE, then waits on stdin for its call. Or forked, one per call, by a fork server,
-``python -m headroom._child --fork-server MODULE FD`` (see headroom.forkserver). Imports nothing
-heavy itself, so start-up costs only what the guarded function's own module imports.
+Started ahead of need as ``python -m headroom.isolation.child --wait MODULE`` (see
+headroom.isolation.spare): it imports MODULE, then waits on stdin for its call. Or forked, one per
+call, by a fork server, ``python -m headroom.isolation.child --fork-server MODULE FD`` (see
+headroom.isolation.forkserver). Imports nothing heavy itself, so start-up costs only what the
+guarded function's own module imports.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _die_with_parent() -> None:
 
 
 def _join_cgroup(procs_file: str | None) -> None:
-    """Enter the call's cgroup (headroom.cgroup) before the call runs: everything the body
+    """Enter the call's cgroup (headroom.isolation.cgroup) before the call runs: everything the body
     starts is then born inside it. Written here, not imported: the child imports nothing."""
     if procs_file:
         try:
@@ -80,7 +81,7 @@ def _dump(obj, required: bool = True) -> bytes | None:
 
 
 def wait_for_call(module_name: str) -> None:
-    """A spare child (headroom.spare): started ahead of need, it imports the module of the
+    """A spare child (headroom.isolation.spare): started ahead of need, it imports the module of the
     call it expects, then waits on stdin for the call (call file, result file, cap); end of
     input means it is not needed."""
     import json
@@ -132,9 +133,10 @@ def main(call_file: str, result_file: str) -> None:
 
 
 def serve_forks(module_name: str, control_fd: int) -> None:
-    """A fork server (headroom.forkserver): import the module, then fork one child per call read
-    from stdin and report on ``control_fd`` each child's pid and, once reaped, its exit status.
-    Says ``nofork`` and exits when the import left other threads (a fork would lose them)."""
+    """A fork server (headroom.isolation.forkserver): import the module, then fork one child per
+    call read from stdin and report on ``control_fd`` each child's pid and, once reaped, its exit
+    status. Says ``nofork`` and exits when the import left other threads (a fork would lose
+    them)."""
     import json
     import select
 
@@ -212,5 +214,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--fork-server"] and len(sys.argv) == 4:
         serve_forks(sys.argv[2], int(sys.argv[3]))
     if sys.argv[1:2] != ["--wait"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m headroom._child --wait MODULE (started by headroom.spare)")
+        sys.exit(
+            "usage: python -m headroom.isolation.child --wait MODULE"
+            " (started by headroom.isolation.spare)"
+        )
     wait_for_call(sys.argv[2])

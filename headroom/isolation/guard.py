@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import headroom.cgroup as call_cgroup
-from headroom import proctree, spare
+import headroom.isolation.cgroup as call_cgroup
 from headroom.budget import cgroup_oom_kills
 from headroom.errors import ChildFailed, GuardTimeout, OutOfMemory
+from headroom.isolation import proctree, spare
 from headroom.units import MIB
 
 # Sampling gets faster as the child nears its cap: /proc reads cost ~20 us, and a fast

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from headroom.history import runs_dir
+from headroom.state import runs_dir
 
 
 def _record_path(flow_run_id: str) -> Path:
