@@ -88,7 +88,7 @@ class Ercot(IsoFormat):
     def source(self, path: Path) -> AbstractContextManager[BinaryIO]:
         return base.zip_member(path)
 
-    def layout(self, path: Path, market: Market, source: BinaryIO) -> Layout:
+    def layout(self, path: Path, market: Market, source: BinaryIO) -> Layout | None:
         """The header, read from the zip opened a second time: the stream is read once."""
         with base.zip_member(path) as member:
             return super().layout(path, market, member)
