@@ -20,6 +20,7 @@ import shutil
 import sys
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("bench.iso_lmp")
 
@@ -33,6 +34,7 @@ def generate(raw: Path, nodes: int, days: int) -> int:
     """A day-ahead file per ISO and day; returns the rows written."""
     from flows.iso_lmp import samples
     from flows.iso_lmp.base import Market
+    from flows.iso_lmp.formats.registry import iso_format
 
     first = date(2023, 1, 1)
     rows = 0
@@ -40,9 +42,7 @@ def generate(raw: Path, nodes: int, days: int) -> int:
         for offset in range(days):
             day = first + timedelta(days=offset)
             samples.write_day(iso, Market.DAY_AHEAD_HOURLY, day, raw / iso.lower(), nodes)
-            hours = len(
-                samples.interval_starts(samples.iso_format(iso), Market.DAY_AHEAD_HOURLY, day)
-            )
+            hours = len(samples.interval_starts(iso_format(iso), Market.DAY_AHEAD_HOURLY, day))
             rows += hours * nodes
     return rows
 
@@ -188,49 +188,53 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compare(nodes: int, days: int) -> None:
-    from bench.common import measure, table, write_section
+    from bench.common import write_section
 
     results = []
     for size in (nodes, 2 * nodes):
-        raw = SCRATCH / f"raw-{size}"
-        shutil.rmtree(SCRATCH, ignore_errors=True)
-        expected = generate(raw, size, days)
+        results += _measure_size(size, days)
+    markdown = _report(nodes, days, results)
+    write_section("iso_lmp", markdown)
+    print(markdown)
+
+
+def _measure_size(size: int, days: int) -> list[tuple[int, str, int, Any]]:
+    """(size, subject, rows, measurement) of the baseline and ours on ``size`` nodes."""
+    from bench.common import measure
+
+    raw = SCRATCH / f"raw-{size}"
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+    expected = generate(raw, size, days)
+    log.info(
+        "generated %s rows for %d nodes x %d days x %d ISOs", f"{expected:,}", size, days, len(ISOS)
+    )
+    results = []
+    for subject in ("baseline", "ours"):
+        out = SCRATCH / f"out-{subject}-{size}"
+        argv = [sys.executable, "-m", "bench.bench_iso_lmp", subject]
+        measured = measure(f"{subject} {size}", [*argv, "--raw", str(raw), "--out", str(out)])
+        if measured.returncode != 0:
+            raise SystemExit(f"{subject} failed:\n{measured.output[-3000:]}")
+        rows = json.loads(measured.output.strip().splitlines()[-1])["rows"]
+        if rows != expected:
+            raise SystemExit(f"{subject} wrote {rows} rows, expected {expected}")
+        results.append((size, subject, rows, measured))
         log.info(
-            "generated %s rows for %d nodes x %d days x %d ISOs",
-            f"{expected:,}",
+            "%s %d nodes: %s rows, %.1f s wall, %.1f CPU s, peak %.0f MiB",
+            subject,
             size,
-            days,
-            len(ISOS),
+            f"{rows:,}",
+            measured.wall_s,
+            measured.cpu_s,
+            measured.peak_rss_mb,
         )
-        for subject in ("baseline", "ours"):
-            out = SCRATCH / f"out-{subject}-{size}"
-            argv = [
-                sys.executable,
-                "-m",
-                "bench.bench_iso_lmp",
-                subject,
-                "--raw",
-                str(raw),
-                "--out",
-                str(out),
-            ]
-            measured = measure(f"{subject} {size}", argv)
-            if measured.returncode != 0:
-                raise SystemExit(f"{subject} failed:\n{measured.output[-3000:]}")
-            rows = json.loads(measured.output.strip().splitlines()[-1])["rows"]
-            if rows != expected:
-                raise SystemExit(f"{subject} wrote {rows} rows, expected {expected}")
-            results.append((size, subject, rows, measured))
-            log.info(
-                "%s %d nodes: %s rows, %.1f s wall, %.1f CPU s, peak %.0f MiB",
-                subject,
-                size,
-                f"{rows:,}",
-                measured.wall_s,
-                measured.cpu_s,
-                measured.peak_rss_mb,
-            )
-        shutil.rmtree(SCRATCH, ignore_errors=True)
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+    return results
+
+
+def _report(nodes: int, days: int, results: list[tuple[int, str, int, Any]]) -> str:
+    """The BENCHMARKS.md section: a row per size and subject, then the targets' verdicts."""
+    from bench.common import table
 
     rows_md, verdicts = [], []
     for size in (nodes, 2 * nodes):
@@ -251,17 +255,9 @@ def compare(nodes: int, days: int) -> None:
                     ratio if m is ours else 1.0,
                 ]
             )
-        verdicts += [
-            f"- {size:,} nodes: peak RSS of the tree <= 1 GB: "
-            f"{'met' if ours.peak_rss_mb * 1.048576 <= 1000 else 'not met'} "
-            f"({ours.peak_rss_mb:,.0f} MiB; baseline {base.peak_rss_mb:,.0f} MiB)",
-            f"- {size:,} nodes: >= 1 M rows/s per core: "
-            f"{'met' if ours.per_core(count) >= 1e6 else 'not met'} "
-            f"({ours.per_core(count):,.0f})",
-            f"- {size:,} nodes: >= 5x the baseline's throughput: "
-            f"{'met' if ratio >= 5 else 'not met'} ({ratio:.1f}x)",
-        ]
-    markdown = "\n".join(
+        verdicts += _verdicts(size, base, ours, count, ratio)
+    header = ["nodes", "subject", "rows", "wall s", "CPU s", "rows/CPU s", "peak RSS MiB"]
+    return "\n".join(
         [
             "## iso_lmp: ISO price files to Parquet",
             "",
@@ -270,26 +266,26 @@ def compare(nodes: int, days: int) -> None:
             "/ CPU seconds of the whole process tree; ours = the flow's conversion path in "
             "guarded children, without the Prefect server.",
             "",
-            table(
-                [
-                    "nodes",
-                    "subject",
-                    "rows",
-                    "wall s",
-                    "CPU s",
-                    "rows/CPU s",
-                    "peak RSS MiB",
-                    "x baseline",
-                ],
-                rows_md,
-            ),
+            table([*header, "x baseline"], rows_md),
             "",
             "Targets:",
             *verdicts,
         ]
     )
-    write_section("iso_lmp", markdown)
-    print(markdown)
+
+
+def _verdicts(size: int, base: Any, ours: Any, count: int, ratio: float) -> list[str]:
+    """Whether ours meets each target at ``size`` nodes."""
+    return [
+        f"- {size:,} nodes: peak RSS of the tree <= 1 GB: "
+        f"{'met' if ours.peak_rss_mb * 1.048576 <= 1000 else 'not met'} "
+        f"({ours.peak_rss_mb:,.0f} MiB; baseline {base.peak_rss_mb:,.0f} MiB)",
+        f"- {size:,} nodes: >= 1 M rows/s per core: "
+        f"{'met' if ours.per_core(count) >= 1e6 else 'not met'} "
+        f"({ours.per_core(count):,.0f})",
+        f"- {size:,} nodes: >= 5x the baseline's throughput: "
+        f"{'met' if ratio >= 5 else 'not met'} ({ratio:.1f}x)",
+    ]
 
 
 if __name__ == "__main__":

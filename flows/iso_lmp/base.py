@@ -29,9 +29,11 @@ import enum
 import logging
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from zoneinfo import ZoneInfo
 
 from headroom import BadInput
@@ -88,8 +90,8 @@ PUBLISHED_PARQUET: dict[str, Any] = {
 }
 """ParquetWriter options of published partitions, written from tables of
 ``canonical_schema(encoded=True)``. Statistics only where readers filter (time; iso and
-market are the partition path): string and price statistics were a fifth of the writing
-time. Without the stored Arrow schema the dictionary-encoded text reads back as plain
+market are the partition path): statistics of text and prices would cost writing time and
+serve no reader. Without the stored Arrow schema the dictionary-encoded text reads back as plain
 strings, and every other column as its canonical type (Parquet's logical types carry UTC,
 int16 and the required fields)."""
 
@@ -155,6 +157,20 @@ def _rebuild_parse_error(path: str, text: str, line: int | None, column: str) ->
 # The base class
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a raw CSV's rows start: rows to skip before them and, when the file's own header
+    is not the line just before them, the column names."""
+
+    skip_rows: int
+    column_names: tuple[str, ...] | None = None
+
+    @property
+    def first_line(self) -> int:
+        """The file line (1-based) of the first data row."""
+        return self.skip_rows + (1 if self.column_names else 2)
+
+
 class IsoFormat:
     """One ISO: id, time zone, markets, the raw columns it reads and how it renames them."""
 
@@ -170,6 +186,8 @@ class IsoFormat:
     """The published file name of a market's day (``{day:%Y%m%d}``)."""
     time_column: str = ""
     """The column a duplicated interval is reported against."""
+    optional_columns: tuple[str, ...] = ()
+    """Columns a header may have besides the market's raw columns."""
 
     @property
     def zone(self) -> ZoneInfo:
@@ -194,33 +212,64 @@ class IsoFormat:
         """The published file name of ``market`` on ``day``."""
         return self.name_templates[market].format(day=day)
 
-    optional_columns: tuple[str, ...] = ()
-    """Columns a header may have besides the market's raw columns."""
-
     def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
         """Canonical tables (staging schema) of at most ``chunk_rows`` rows.
 
-        The template for a CSV whose first line is its header: the header is checked against
-        the market's raw columns, then each batch of rows (:meth:`csv_options`) becomes
-        canonical rows (:meth:`canonical_rows`) knowing the file line of its first row. An
-        ISO whose files look otherwise (a preamble, a zip, rows to unpivot) overrides it."""
-        header = first_lines(path, 1)
-        if not header:
-            raise IsoParseError(path, "empty file", 1)
-        expected = self.raw_columns[market]
+        The template every reader follows: open the file's CSV (:meth:`source`), check its
+        header and find its first data row (:meth:`layout`), stream it in batches of raw rows
+        (:meth:`batches`, by default :func:`csv_batches` with :meth:`csv_options`), turn each
+        into canonical rows (:meth:`canonical_rows`) knowing its source lines, and end with
+        what the file context still holds (:meth:`last_rows`). A file whose layout leaves
+        nothing to read (``None``) yields nothing."""
+        with self.source(path) as source:
+            layout = self.layout(path, market, source)
+            if layout is None:
+                return
+            context = self.file_context(path, market)
+            for lines, batch in self.batches(path, market, source, layout, chunk_rows):
+                table = self.canonical_rows(path, market, batch, lines, context)
+                if table is not None:
+                    yield table
+            last = self.last_rows(path, market, context)
+            if last is not None:
+                yield last
+
+    def source(self, path: Path) -> AbstractContextManager[Any]:
+        """The readable CSV of a raw file while it is read: the file itself by default."""
+        return nullcontext(path)
+
+    def layout(self, path: Path, market: Market, source: Any) -> Layout | None:
+        """Check the header and say where the rows start: by default the first line is the
+        header, checked against the market's raw columns."""
+        header = first_lines(source, 1)
+        if not header:  # a source other than the raw file is the CSV inside its zip
+            raise IsoParseError(path, "empty CSV in zip" if source != path else "empty file", 1)
         self.check_header(
-            path, split_header(header[0]), expected, 1, optional=self.optional_columns
+            path,
+            split_header(header[0]),
+            self.raw_columns[market],
+            1,
+            optional=self.optional_columns,
         )
-        context = self.file_context(path, market)
+        return Layout(skip_rows=0)
+
+    def batches(
+        self, path: Path, market: Market, source: Any, layout: Layout, chunk_rows: int
+    ) -> Iterator[tuple[Any, pa.RecordBatch]]:
+        """(source line of the first row, or of each row; raw rows) of the file."""
         for start, batch in csv_batches(
+            source,
             path,
-            path,
-            skip_rows=0,
-            column_names=None,
-            chunk_rows=chunk_rows,
+            skip_rows=layout.skip_rows,
+            column_names=layout.column_names,
+            chunk_rows=self.raw_chunk_rows(chunk_rows),
             **self.csv_options(market),
         ):
-            yield self.canonical_rows(path, market, batch, start + 2, context)
+            yield layout.first_line + start, batch
+
+    def raw_chunk_rows(self, chunk_rows: int) -> int:
+        """Raw rows per batch that give about ``chunk_rows`` canonical rows."""
+        return chunk_rows
 
     def csv_options(self, market: Market) -> dict[str, Any]:
         """:func:`csv_batches` options of a market's files (types, columns, row size)."""
@@ -231,10 +280,15 @@ class IsoFormat:
         return None
 
     def canonical_rows(
-        self, path: Path, market: Market, batch: pa.RecordBatch, line: int, context: Any
-    ) -> pa.Table:
-        """One batch of raw rows, the first on file line ``line``, as canonical rows."""
+        self, path: Path, market: Market, batch: pa.RecordBatch, lines: Any, context: Any
+    ) -> pa.Table | None:
+        """One batch of raw rows as canonical rows (None: none yet). ``lines`` is the source
+        line of the batch's first row (an int; the others follow it) or of each row."""
         raise NotImplementedError
+
+    def last_rows(self, path: Path, market: Market, context: Any) -> pa.Table | None:
+        """Canonical rows the file context still holds after the last batch (None)."""
+        return None
 
     # Helpers shared by the readers -------------------------------------------------------
 
@@ -531,8 +585,8 @@ def csv_batches(
     as text so that :func:`prices` names its line (a file stream, which cannot be read again,
     is read as text from the start; so is ``text_prices``). Rows of another width are errors,
     except those starting with ``trailer_prefixes``. With ``include_columns``, only those
-    columns are converted (the others are still split, so row widths are still checked):
-    converting columns no reader uses was most of the parsing time.
+    columns are converted (the others are still split, so row widths are still checked): a
+    column no reader uses is not worth its conversion, the costliest part of parsing.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -622,18 +676,23 @@ def guard_zip(path: Path, batches: Iterator[Any]) -> Iterator[Any]:
         raise
 
 
-def first_lines(path: Path, count: int, source: Any = None) -> list[str]:
+@contextmanager
+def zip_member(path: Path) -> Iterator[BinaryIO]:
+    """The one CSV member of a zip, open for streaming while the block runs."""
+    archive, member = open_zip_csv(path)
+    with archive, member:
+        yield member
+
+
+def first_lines(source: Path | BinaryIO, count: int) -> list[str]:
     """The first ``count`` lines of a text file (or an open binary stream), BOM stripped."""
     lines: list[str] = []
-    stream = source if source is not None else open(path, "rb")
-    try:
+    with ExitStack() as stack:
+        stream = stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
         for raw in stream:
             lines.append(raw.decode("utf-8-sig", errors="replace").rstrip("\r\n"))
             if len(lines) >= count:
                 break
-    finally:
-        if source is None:
-            stream.close()
     return lines
 
 

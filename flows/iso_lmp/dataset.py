@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import (
     CANONICAL_COLUMNS,
     PUBLISHED_PARQUET,
@@ -40,6 +39,7 @@ from flows.iso_lmp.base import (
     Market,
     canonical_schema,
 )
+from flows.iso_lmp.formats.registry import iso_format
 from flows.iso_lmp.onepass import OnePass
 from headroom.errors import BadInput, classify_oom, output_fault, output_faults
 from headroom.isolation.guard import duckdb_share
@@ -612,8 +612,8 @@ class Checksum:
     """XXH3-128 of a table's values, column by column: independent of how rows are chunked
     and of how text is held. A text column (plain or dictionary-encoded) is hashed as the
     sequence of its values' own 8-byte XXH3 digests (a null: eight zero bytes), each
-    dictionary entry hashed once. (SHA-256's updates were 5-9 % of the conversion's CPU in
-    profiles; this checksum detects change, it is no defence against a forged file.)"""
+    dictionary entry hashed once. A fast non-cryptographic hash is enough: this checksum
+    detects change, it is no defence against a forged file."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.hashes = {name: xxhash.xxh3_128() for name in schema.names}
@@ -752,7 +752,6 @@ def read_dataset(out: str, iso: str | None = None) -> pa.Table:
 
 
 __all__ = [
-    "ISOS",
     "RawFile",
     "convert_file",
     "convert_files",

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from flows.iso_lmp import iso_format
 from flows.iso_lmp.base import Market, local_day_hours
+from flows.iso_lmp.formats.registry import iso_format
 from headroom.storage import publishing
 
 log = logging.getLogger(__name__)

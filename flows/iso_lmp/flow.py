@@ -1,4 +1,4 @@
-"""Convert the seven ISOs' raw LMP files into one Parquet dataset, at a flat few hundred MB.
+"""Convert the seven ISOs' raw LMP files into one Parquet dataset, in flat memory.
 
 Optionally download the raw files of the range first (public endpoints, or a mirror), then
 convert them in budgeted tasks (tag ``iso-convert``: each runs in a guarded child under its
@@ -106,44 +106,81 @@ def convert_iso_lmp(
         chunk_scale=chunk_scale,
         min_replace_share=min_replace_share,
     )
-    logger = get_run_logger()
     started = time.monotonic()
-    failures: list[tuple[str, str]] = []
     staging = str(dataset.staging_root_for(params.raw))
     # A full or read-only disk is the machine's fault: said once, before any file is read.
     check_writable(staging, params.out)
-    if params.fetch:
-        for i in params.iso:
-            state = fetch_task(
-                i,
-                [m.value for m in params.markets_of(i)],
-                params.start.isoformat(),
-                params.end.isoformat(),
-                params.raw,
-                params.source,
-                return_state=True,
-            )
-            report = state.result(raise_on_failure=False)
-            if isinstance(report, BaseException):
-                if params.source:
-                    raise report  # the mirror does not answer: no ISO can be fetched
-                failures.append((f"{i} downloads", str(report)))  # one ISO's endpoint is down
-                continue
-            failures += [(f, "download failed") for f in report["failed"]]
-            for name in report["missing"]:
-                logger.warning("%s: not published (yet): %s", report["iso"], name)
-
+    failures = _fetch_missing(params) if params.fetch else []
     files = dataset.discover(Path(params.raw), params.iso, params.markets, params.start, params.end)
     if not files and not params.fetch:
         raise BadInput(
             f"parameter raw: no raw files of {', '.join(params.iso)} for "
             f"{params.start}..{params.end} under {params.raw}"
         )
+    converts = map_bounded(
+        convert_task,
+        _convert_items(files, staging, params),
+        max_workers=params.max_workers,
+        chunk_scale=params.chunk_scale,
+    )
+    converted, partitions, pending = _converted(converts, failures)
+    publishes = map_bounded(
+        publish_task,
+        _publish_items(pending, staging, params),
+        max_workers=params.max_workers,
+        chunk_scale=params.chunk_scale,
+    )
+    for outcome in publishes:
+        if outcome.ok:
+            partitions += outcome.value
+        else:
+            failures.append((f"{outcome.item['iso']} partitions", str(outcome.error)))
+    # A partition refused (fewer rows than it has) keeps its published rows and fails the run.
+    failures += [(p["partition"], p["error"]) for p in partitions if "error" in p]
+    partitions = [p for p in partitions if "error" not in p]
+    summary = _summary(params, files, converted, partitions, failures, started)
+    _publish_table(partitions)
+    raise_output_fault([*converts, *publishes])  # one fault of the output, reported once
+    if failures:
+        raise ItemFailures("ISO raw files or partitions", failures)
+    return summary
+
+
+def _fetch_missing(params: IsoLmpParams) -> list[tuple[str, str]]:
+    """Download each ISO's missing raw files; the downloads that failed, by name."""
+    logger = get_run_logger()
+    failures: list[tuple[str, str]] = []
+    for i in params.iso:
+        state = fetch_task(
+            i,
+            [m.value for m in params.markets_of(i)],
+            params.start.isoformat(),
+            params.end.isoformat(),
+            params.raw,
+            params.source,
+            return_state=True,
+        )
+        report = state.result(raise_on_failure=False)
+        if isinstance(report, BaseException):
+            if params.source:
+                raise report  # the mirror does not answer: no ISO can be fetched
+            failures.append((f"{i} downloads", str(report)))  # one ISO's endpoint is down
+            continue
+        failures += [(f, "download failed") for f in report["failed"]]
+        for name in report["missing"]:
+            logger.warning("%s: not published (yet): %s", report["iso"], name)
+    return failures
+
+
+def _convert_items(
+    files: list[dataset.RawFile], staging: str, params: IsoLmpParams
+) -> list[dict[str, Any]]:
+    """The convert tasks' keyword arguments: one task per ISO converts its files and
+    publishes what they touch (one child start each). A backfill bigger than
+    FILES_PER_TASK is split, and its partitions published by the second map."""
     by_iso: dict[str, list[str]] = defaultdict(list)
     for raw_file in files:
         by_iso[raw_file.iso].append(str(raw_file.path))
-    # One task per ISO converts its files and publishes what they touch: one child start
-    # each. A backfill bigger than FILES_PER_TASK is split, and published in a second map.
     items = []
     for iso_id, paths in by_iso.items():
         single = len(paths) <= FILES_PER_TASK
@@ -157,11 +194,17 @@ def convert_iso_lmp(
                     "min_replace_share": params.min_replace_share,
                 }
             )
-    converts = map_bounded(
-        convert_task, items, max_workers=params.max_workers, chunk_scale=params.chunk_scale
-    )
+    return items
+
+
+def _converted(
+    converts: list[Any], failures: list[tuple[str, str]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, set[tuple[str, str]]]]:
+    """(files converted, partitions published, the (market, month) partitions per ISO still
+    to publish) of the convert tasks; each failed file is added to ``failures``."""
     pending: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    converted, partitions = [], []
+    converted: list[dict[str, Any]] = []
+    partitions: list[dict[str, Any]] = []
     for outcome in converts:
         if not outcome.ok:
             failures += [(Path(f).name, str(outcome.error)) for f in outcome.item["files"]]
@@ -174,29 +217,34 @@ def convert_iso_lmp(
             converted.append(result)
             if outcome.item["out"] is None:
                 pending[outcome.value["iso"]] |= {(result["market"], m) for m in result["months"]}
-    publishes = map_bounded(
-        publish_task,
-        [
-            {
-                "iso": i,
-                "partitions": sorted(p),
-                "staging": staging,
-                "out": params.out,
-                "min_replace_share": params.min_replace_share,
-            }
-            for i, p in sorted(pending.items())
-        ],
-        max_workers=params.max_workers,
-        chunk_scale=params.chunk_scale,
-    )
-    for outcome in publishes:
-        if outcome.ok:
-            partitions += outcome.value
-        else:
-            failures.append((f"{outcome.item['iso']} partitions", str(outcome.error)))
-    # A partition refused (fewer rows than it has) keeps its published rows and fails the run.
-    failures += [(p["partition"], p["error"]) for p in partitions if "error" in p]
-    partitions = [p for p in partitions if "error" not in p]
+    return converted, partitions, pending
+
+
+def _publish_items(
+    pending: dict[str, set[tuple[str, str]]], staging: str, params: IsoLmpParams
+) -> list[dict[str, Any]]:
+    """The publish tasks' keyword arguments: one per ISO with partitions left to publish."""
+    return [
+        {
+            "iso": i,
+            "partitions": sorted(p),
+            "staging": staging,
+            "out": params.out,
+            "min_replace_share": params.min_replace_share,
+        }
+        for i, p in sorted(pending.items())
+    ]
+
+
+def _summary(
+    params: IsoLmpParams,
+    files: list[dataset.RawFile],
+    converted: list[dict[str, Any]],
+    partitions: list[dict[str, Any]],
+    failures: list[tuple[str, str]],
+    started: float,
+) -> dict[str, Any]:
+    """The run's counts, logged and returned."""
     summary = {
         "isos": params.iso,
         "files": len(files),
@@ -208,8 +256,7 @@ def convert_iso_lmp(
         "rows_published": sum(p["rows"] for p in partitions),
         "seconds": round(time.monotonic() - started, 2),
     }
-    _publish_table(partitions)
-    logger.info(
+    get_run_logger().info(
         "%d raw files (%d converted, %d unchanged, %d failed) -> %d partitions, %s rows, %.1f s",
         summary["files"],
         summary["converted"],
@@ -219,9 +266,6 @@ def convert_iso_lmp(
         f"{summary['rows_published']:,}",
         summary["seconds"],
     )
-    raise_output_fault([*converts, *publishes])  # one fault of the output, reported once
-    if failures:
-        raise ItemFailures("ISO raw files or partitions", failures)
     return summary
 
 

@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from flows.common.params import FlowParams, checks_inputs, literal_of, problem, under_root
-from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import Market
 from flows.iso_lmp.dataset import MIN_REPLACE_SHARE
+from flows.iso_lmp.formats.registry import ISOS, iso_format
 
 IsoName = literal_of(tuple(ISOS))
 IsoChoice = literal_of(("all", *ISOS))

@@ -17,8 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.iso_lmp import ISOS, iso_format
 from flows.iso_lmp.base import US_PER_MINUTE, IsoFormat, Market, local_day_hours
+from flows.iso_lmp.formats.registry import ISOS, iso_format
 
 if TYPE_CHECKING:
     import numpy as np

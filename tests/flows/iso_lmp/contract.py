@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flows.iso_lmp import dataset, iso_format, samples
+from flows.iso_lmp import dataset, samples
 from flows.iso_lmp.base import CANONICAL_COLUMNS, IsoParseError, Market, canonical_schema
+from flows.iso_lmp.formats.registry import iso_format
 
 NODES = 4
 CHUNK = 40  # rows per chunk: small, so every reader crosses chunk boundaries

@@ -10,6 +10,7 @@ import pytest
 
 from flows.iso_lmp import fetch, samples
 from flows.iso_lmp.base import Market
+from flows.iso_lmp.formats.registry import iso_format
 
 
 class KeyRecorder(http.server.SimpleHTTPRequestHandler):
@@ -34,11 +35,9 @@ def test_fetch_downloads_skips_present_and_reports_missing(tmp_path, http_server
     report = fetch.fetch_range(
         "NYISO", None, day.isoformat(), next_day.isoformat(), str(raw), source=base
     )
-    name = samples.iso_format("NYISO").file_name(Market.DAY_AHEAD_HOURLY, day)
+    name = iso_format("NYISO").file_name(Market.DAY_AHEAD_HOURLY, day)
     assert report["downloaded"] == [name]
-    assert report["missing"] == [
-        samples.iso_format("NYISO").file_name(Market.DAY_AHEAD_HOURLY, next_day)
-    ]
+    assert report["missing"] == [iso_format("NYISO").file_name(Market.DAY_AHEAD_HOURLY, next_day)]
     assert (raw / "nyiso" / name).read_bytes() == (site / "nyiso" / name).read_bytes()
     again = fetch.fetch_range(
         "NYISO", None, day.isoformat(), day.isoformat(), str(raw), source=base

@@ -11,14 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.iso_lmp.base import (
-    US_PER_MINUTE,
-    IsoFormat,
-    Market,
-    canonical_table,
-    parse_times,
-    prices,
-)
+from flows.iso_lmp import base
+from flows.iso_lmp.base import US_PER_MINUTE, IsoFormat, Market
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -68,17 +62,19 @@ class Spp(IsoFormat):
         """The interval start is GMTIntervalEnd minus the market's interval."""
         import numpy as np
 
-        end = parse_times(path, batch.column("GMTIntervalEnd"), TIME_FORMAT, "GMTIntervalEnd", line)
-        return canonical_table(
+        end = base.parse_times(
+            path, batch.column("GMTIntervalEnd"), TIME_FORMAT, "GMTIntervalEnd", line
+        )
+        return base.canonical_table(
             self.iso_id,
             market,
             self.zone,
             end - market.minutes * US_PER_MINUTE,
             batch.column("Settlement Location"),
             "Settlement Location",
-            prices(path, batch.column("LMP"), "LMP", line),
-            prices(path, batch.column("MEC"), "MEC", line),
-            prices(path, batch.column("MCC"), "MCC", line),
-            prices(path, batch.column("MLC"), "MLC", line),
+            base.prices(path, batch.column("LMP"), "LMP", line),
+            base.prices(path, batch.column("MEC"), "MEC", line),
+            base.prices(path, batch.column("MCC"), "MCC", line),
+            base.prices(path, batch.column("MLC"), "MLC", line),
             np.arange(line, line + batch.num_rows, dtype=np.int64),
         )

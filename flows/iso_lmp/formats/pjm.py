@@ -12,14 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.iso_lmp.base import (
-    IsoFormat,
-    IsoParseError,
-    Market,
-    canonical_table,
-    parse_times,
-    prices,
-)
+from flows.iso_lmp import base
+from flows.iso_lmp.base import IsoFormat, IsoParseError, Market
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -101,7 +95,7 @@ class Pjm(IsoFormat):
         import pyarrow.compute as pc
 
         suffix = self.suffix[market]
-        utc = parse_times(
+        utc = base.parse_times(
             path,
             batch.column("datetime_beginning_utc"),
             TIME_FORMAT,
@@ -111,8 +105,8 @@ class Pjm(IsoFormat):
         version = batch.column("version_nbr")
         if not pa.types.is_integer(version.type):
             raise IsoParseError(path, "non-integer version_nbr", line, "version_nbr")
-        values = {c: prices(path, batch.column(c), c, line) for c in self._prices(market)}
-        return canonical_table(
+        values = {c: base.prices(path, batch.column(c), c, line) for c in self._prices(market)}
+        return base.canonical_table(
             self.iso_id,
             market,
             self.zone,

@@ -12,14 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.iso_lmp.base import (
-    IsoFormat,
-    Market,
-    canonical_table,
-    parse_times,
-    prices,
-    wall_to_utc,
-)
+from flows.iso_lmp import base
+from flows.iso_lmp.base import IsoFormat, Market
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,24 +59,24 @@ class Nyiso(IsoFormat):
         import pyarrow.compute as pc
 
         location_type, seen = context
-        wall = parse_times(path, batch.column("Time Stamp"), TIME_FORMAT, "Time Stamp", line)
+        wall = base.parse_times(path, batch.column("Time Stamp"), TIME_FORMAT, "Time Stamp", line)
         names = batch.column("Name")
         utc = (
-            wall_to_utc(path, wall, names.to_pylist(), self.zone, seen, line, "Time Stamp")
+            base.wall_to_utc(path, wall, names.to_pylist(), self.zone, seen, line, "Time Stamp")
             if len(wall)
             else wall
         )
-        published = prices(path, batch.column(CONGESTION), CONGESTION, line)
-        return canonical_table(
+        published = base.prices(path, batch.column(CONGESTION), CONGESTION, line)
+        return base.canonical_table(
             self.iso_id,
             market,
             self.zone,
             utc,
             names,
             location_type,
-            prices(path, batch.column(LBMP), LBMP, line),
+            base.prices(path, batch.column(LBMP), LBMP, line),
             None,
             pc.negate(published),
-            prices(path, batch.column(LOSSES), LOSSES, line),
+            base.prices(path, batch.column(LOSSES), LOSSES, line),
             np.arange(line, line + batch.num_rows),
         )

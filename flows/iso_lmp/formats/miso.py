@@ -7,22 +7,20 @@ MISO publishes no energy component: energy = LMP - MCC - MLC.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from flows.iso_lmp import base
 from flows.iso_lmp.base import (
     EPOCH_ORDINAL,
     US_PER_DAY,
     US_PER_HOUR,
+    US_PER_MINUTE,
     IsoFormat,
     IsoParseError,
+    Layout,
     Market,
-    canonical_table,
-    csv_batches,
-    first_lines,
-    prices,
-    split_header,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +32,15 @@ COLUMNS = ("Node", "Type", "Value", *HOURS)
 PREAMBLE_LINES = 4
 KINDS = ("LMP", "MCC", "MLC")
 EST_MINUTES = -300
+
+
+@dataclass
+class _Nodes:
+    """One file's reading state: its day's UTC midnight (EST) and the rows of a node whose
+    rows may go on in the next batch."""
+
+    midnight: int
+    carry: pa.Table | None = None
 
 
 class Miso(IsoFormat):
@@ -54,42 +61,55 @@ class Miso(IsoFormat):
     }
     time_column = "Node"
 
-    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical rows of one MISO file, node by node, in chunks of whole nodes."""
+    def layout(self, path: Path, market: Market, source: Path) -> Layout:
+        """Rows start after the preamble and the header line."""
+        lines = base.first_lines(source, PREAMBLE_LINES + 1)
+        if len(lines) <= PREAMBLE_LINES:
+            raise IsoParseError(path, "file ends before the header", len(lines) + 1)
+        self.check_header(
+            path, base.split_header(lines[PREAMBLE_LINES]), COLUMNS, PREAMBLE_LINES + 1
+        )
+        return Layout(skip_rows=PREAMBLE_LINES)
+
+    def raw_chunk_rows(self, chunk_rows: int) -> int:
+        return max(3, chunk_rows // 24)  # a raw row is a node's 24 hours of one component
+
+    def csv_options(self, market: Market) -> dict[str, Any]:
+        return {
+            "bytes_per_row": 400,
+            "string_columns": ("Node", "Type", "Value"),
+            "float_columns": HOURS,
+        }
+
+    def file_context(self, path: Path, market: Market) -> _Nodes:
+        day = self.day_of(path.name)
+        if day is None:  # the day is in the name only
+            raise IsoParseError(path, "not a published MISO file name: its day is unknown")
+        midnight = (day.toordinal() - EPOCH_ORDINAL) * US_PER_DAY - EST_MINUTES * US_PER_MINUTE
+        return _Nodes(midnight)
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, lines: Any, context: _Nodes
+    ) -> pa.Table | None:
+        """The batch's whole nodes; the last node's rows wait for the next batch, as its
+        three rows may straddle two CSV blocks."""
         import numpy as np
         import pyarrow as pa
 
-        lines = first_lines(path, PREAMBLE_LINES + 1)
-        if len(lines) <= PREAMBLE_LINES:
-            raise IsoParseError(path, "file ends before the header", len(lines) + 1)
-        self.check_header(path, split_header(lines[PREAMBLE_LINES]), COLUMNS, PREAMBLE_LINES + 1)
-        day = self.day_of(path.name)
-        midnight_utc = (day.toordinal() - EPOCH_ORDINAL) * US_PER_DAY - EST_MINUTES * 60_000_000
-        first_data_line = PREAMBLE_LINES + 2
-        carry: pa.Table | None = None
-        # A node's three rows may straddle two CSV blocks: carry the last node over.
-        for start, batch in csv_batches(
-            path,
-            path,
-            skip_rows=PREAMBLE_LINES,
-            column_names=None,
-            chunk_rows=max(3, chunk_rows // 24),
-            bytes_per_row=400,
-            string_columns=("Node", "Type", "Value"),
-            float_columns=HOURS,
-        ):
-            first = first_data_line + start
-            table = pa.Table.from_batches([batch]).append_column(
-                "_line", pa.array(np.arange(first, first + len(batch), dtype=np.int64))
-            )
-            if carry is not None:
-                table = pa.concat_tables([carry, table])
-            tail = _last_node_start(table.column("Node"))
-            carry = table.slice(tail)
-            if tail:
-                yield self._nodes(path, market, table.slice(0, tail), midnight_utc)
-        if carry is not None and carry.num_rows:
-            yield self._nodes(path, market, carry, midnight_utc)
+        table = pa.Table.from_batches([batch]).append_column(
+            "_line", pa.array(np.arange(lines, lines + len(batch), dtype=np.int64))
+        )
+        if context.carry is not None:
+            table = pa.concat_tables([context.carry, table])
+        tail = _last_node_start(table.column("Node"))
+        context.carry = table.slice(tail)
+        return self._nodes(path, market, table.slice(0, tail), context.midnight) if tail else None
+
+    def last_rows(self, path: Path, market: Market, context: _Nodes) -> pa.Table | None:
+        carry = context.carry
+        if carry is None or not carry.num_rows:
+            return None
+        return self._nodes(path, market, carry, context.midnight)
 
     def _nodes(self, path: Path, market: Market, table: pa.Table, midnight_utc: int) -> pa.Table:
         """Unpivot whole nodes (three rows each) to one row per node and hour."""
@@ -132,7 +152,7 @@ class Miso(IsoFormat):
         count = len(lmp_rows)
         start = midnight_utc + np.tile(np.arange(24, dtype=np.int64) * US_PER_HOUR, count)
         repeat = np.repeat(np.arange(count), 24)
-        return canonical_table(
+        return base.canonical_table(
             self.iso_id,
             market,
             None,
@@ -161,7 +181,7 @@ class Miso(IsoFormat):
             first = picked.column("_line").to_numpy()
             matrix = np.empty((len(rows[kind]), 24))
             for hour, column in enumerate(HOURS):
-                values = prices(path, picked.column(column).combine_chunks(), column, first)
+                values = base.prices(path, picked.column(column).combine_chunks(), column, first)
                 if values.null_count:
                     at = int(first[np.flatnonzero(pc.is_null(values).to_numpy(False))[0]])
                     raise IsoParseError(path, "missing price", at, column)

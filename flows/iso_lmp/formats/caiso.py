@@ -12,20 +12,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from flows.iso_lmp.base import (
-    IsoFormat,
-    IsoParseError,
-    Market,
-    canonical_table,
-    first_lines,
-    open_zip_csv,
-    parse_times,
-    split_header,
-)
+from flows.iso_lmp import base
+from flows.iso_lmp.base import IsoFormat, IsoParseError, Layout, Market
 from headroom.isolation.guard import duckdb_share
 
 if TYPE_CHECKING:
@@ -76,11 +69,10 @@ class Caiso(IsoFormat):
         query, run = self.queries[market]
         return f"{day:%Y%m%d}_{day + timedelta(days=1):%Y%m%d}_{query}_{run}_v12.zip"
 
-    def read(self, path: Path, market: Market, chunk_rows: int) -> Iterator[pa.Table]:
-        """Canonical rows of one OASIS zip, pivoted by node and interval."""
-        import duckdb
-
-        archive, member = open_zip_csv(path)
+    @contextmanager
+    def source(self, path: Path) -> Iterator[Path]:
+        """The zip's CSV, extracted to a temporary directory that DuckDB also works in."""
+        archive, member = base.open_zip_csv(path)
         with tempfile.TemporaryDirectory(prefix="caiso-") as work:
             csv_path = Path(work, "prices.csv")
             try:
@@ -88,20 +80,47 @@ class Caiso(IsoFormat):
                     shutil.copyfileobj(member, target, 1 << 20)
             except Exception as exc:  # zlib.error, BadZipFile, EOFError: a cut-short zip
                 raise IsoParseError(path, f"truncated or corrupt zip ({exc})") from None
-            header = first_lines(csv_path, 1)
-            if not header:
-                raise IsoParseError(path, "empty CSV in zip", 1)
-            self.check_header(path, split_header(header[0]), COLUMNS, 1)
-            con = duckdb.connect(str(Path(work, "pivot.duckdb")))
-            try:
-                con.execute("SET memory_limit = ?", [duckdb_share()])
-                con.execute("SET threads=1")  # keeps file order for line numbers
-                con.execute("SET temp_directory = ?", [f"{work}/spill"])
-                yield from self._pivot(con, path, csv_path, market, chunk_rows)
-            finally:
-                con.close()
+            yield csv_path
 
-    def _pivot(self, con, path: Path, csv_path: Path, market: Market, chunk_rows: int):
+    def batches(
+        self, path: Path, market: Market, source: Path, layout: Layout, chunk_rows: int
+    ) -> Iterator[tuple[Any, pa.RecordBatch]]:
+        """Pivoted rows, each with the line of its node and interval's first raw row."""
+        import duckdb
+
+        work = source.parent
+        con = duckdb.connect(str(work / "pivot.duckdb"))
+        try:
+            con.execute("SET memory_limit = ?", [duckdb_share()])
+            con.execute("SET threads=1")  # keeps file order for line numbers
+            con.execute("SET temp_directory = ?", [f"{work}/spill"])
+            for batch in self._pivot(con, path, source, chunk_rows):
+                yield batch.column("_line").to_numpy(), batch
+        finally:
+            con.close()
+
+    def canonical_rows(
+        self, path: Path, market: Market, batch: pa.RecordBatch, lines: Any, context: Any
+    ) -> pa.Table:
+        utc = base.parse_times(path, batch.column("start"), TIME_FORMAT, self.time_column, lines)
+        return base.canonical_table(
+            self.iso_id,
+            market,
+            self.zone,
+            utc,
+            batch.column("NODE"),
+            "Node",
+            batch.column("lmp"),
+            batch.column("energy"),
+            batch.column("congestion"),
+            batch.column("loss"),
+            lines,
+        )
+
+    def _pivot(
+        self, con: Any, path: Path, csv_path: Path, chunk_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """The raw rows checked, then pivoted by node and interval (in that order)."""
         con.execute(
             "CREATE TABLE raw AS SELECT row_number() OVER () + 1 AS _line, * FROM read_csv(?, "
             "header=true, all_varchar=true, delim=',', quote='\"')",
@@ -141,20 +160,4 @@ class Caiso(IsoFormat):
             f"min(_line) AS _line, {pivots} FROM raw GROUP BY NODE, INTERVALSTARTTIME_GMT "
             "ORDER BY NODE, INTERVALSTARTTIME_GMT"
         )
-        reader = result.to_arrow_reader(chunk_rows)
-        for batch in reader:
-            lines = batch.column("_line").to_numpy()
-            utc = parse_times(path, batch.column("start"), TIME_FORMAT, self.time_column, lines)
-            yield canonical_table(
-                self.iso_id,
-                market,
-                self.zone,
-                utc,
-                batch.column("NODE"),
-                "Node",
-                batch.column("lmp"),
-                batch.column("energy"),
-                batch.column("congestion"),
-                batch.column("loss"),
-                lines,
-            )
+        yield from result.to_arrow_reader(chunk_rows)
