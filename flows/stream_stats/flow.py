@@ -24,6 +24,7 @@ from flows.stream_stats.sink.store import sink_lock
 from flows.stream_stats.sources.embedded import load_manifest
 from flows.stream_stats.windows import parse_duration_ms
 from headroom import Chunking
+from headroom.budget import Budget, GpuDevice
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
 
 # Peak bytes per event of a micro-batch: parse buffers, columns, sort temporaries.
@@ -184,7 +185,7 @@ def _publish(
         f"- lag at the end: {summary['lag']}",
         f"- backend: {backend}",
     ]
-    gpu = _gpu_line() if backend == "gpu" else None
+    gpu = gpu_line(Budget.gpu()) if backend == "gpu" else None
     if gpu:
         lines.append(f"- GPU: {gpu}")
     comparison = backend_comparison(params.sink)
@@ -205,15 +206,14 @@ def _publish(
     )
 
 
-def _gpu_line() -> str | None:
-    from headroom.budget import Budget
-
-    devices = Budget.gpu()
+def gpu_line(devices: list[GpuDevice]) -> str | None:
+    """The first GPU NVML sees, in one line of the metrics report; None without one."""
     if not devices:
         return None
     d = devices[0]
+    busy = "?" if d.utilization_pct is None else f"{d.utilization_pct:.0f}"
     return (
-        f"{d.name}, utilisation {d.utilization if d.utilization is not None else '?'} %, "
+        f"{d.name}, utilisation {busy} %, "
         f"memory used {d.total_mb - d.free_mb:,.0f} of {d.total_mb:,.0f} MiB"
     )
 
