@@ -3,9 +3,11 @@
 Each workload's params model (a :class:`FlowParams`) holds every rule of its parameters. The
 flow's signature is generated from it (:func:`signature_from`), so the deployment's parameter
 schema carries the same descriptions, ranges, patterns and enums, and Prefect refuses what the
-schema can express before a run exists. What a schema cannot express (end before start, rules
-across parameters) fails in :meth:`FlowParams.parse` with one :class:`BadInput` line per
-parameter, in the same format for every workload.
+schema can express before a run exists. A flow builds its model in one line,
+:meth:`FlowParams.from_call`. What a schema cannot express (end before start, rules across
+parameters) fails in :meth:`FlowParams.parse` with one :class:`BadInput` line per parameter,
+``parameter NAME: why``, the format of every workload's parameter errors (:func:`problem` in a
+validator, :func:`bad_parameter` in a flow).
 
 Relative paths resolve under one data root (:func:`data_root`) and may not climb out of it.
 No prefect at import: the models are shared by flows, benchmarks and tests.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
@@ -37,15 +39,36 @@ Model = TypeVar("Model", bound="FlowParams")
 _VALUE_ERROR = "Value error, "
 
 
+def _line(parameter: str, message: str) -> str:
+    return f"parameter {parameter}: {message}"
+
+
 def problem(parameter: str, message: str) -> ValueError:
     """The error a validator raises: it names the parameter whatever pydantic's location."""
-    return ValueError(f"parameter {parameter}: {message}")
+    return ValueError(_line(parameter, message))
+
+
+def bad_parameter(parameter: str, message: str) -> BadInput:
+    """The error a flow raises for a parameter found wrong after validation (a dataset that
+    lists no files, an output holding another dataset): the same line as :meth:`parse`'s."""
+    return BadInput(_line(parameter, message))
 
 
 class FlowParams(BaseModel):
     """Base of every workload's parameters; :meth:`parse` is the one way flows build them."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def from_call(cls: type[Model], arguments: Mapping[str, Any]) -> Model:
+        """The model of a flow call, the flow's first line: ``Params.from_call(locals())``.
+
+        Takes the arguments the model defines (a flow's ``max_workers`` and ``chunk_scale`` may
+        be headroom's, not the model's) and parses them with relative paths under
+        :func:`data_root`.
+        """
+        own = {name: value for name, value in arguments.items() if name in cls.model_fields}
+        return cls.parse(data_root=data_root(), **own)
 
     @classmethod
     def parse(cls: type[Model], *, data_root: Path | None = None, **values: Any) -> Model:
@@ -63,8 +86,7 @@ def _describe(error: Any) -> str:
     message = str(error["msg"]).removeprefix(_VALUE_ERROR)
     if message.startswith("parameter "):
         return message
-    name = ".".join(str(part) for part in error["loc"]) or "parameters"
-    return f"parameter {name}: {message}"
+    return _line(".".join(str(part) for part in error["loc"]) or "parameters", message)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common.params import data_root, signature_from
+from flows.common.flow import run_if_main
+from flows.common.params import bad_parameter, signature_from
 from flows.fraud_synth import generate as gen
 from flows.fraud_synth.params import Compression, FraudSynthParams
 from flows.fraud_synth.spec import BYTES_PER_TRANSACTION
@@ -64,7 +65,7 @@ def resolve_out(out: str) -> Storage:
     except BadInput:
         raise
     except ValueError as exc:
-        raise BadInput(f"out: {out!r}: {exc}") from exc
+        raise bad_parameter("out", f"{out!r}: {exc}") from exc
 
 
 def _probe(storage: Storage) -> None:
@@ -94,30 +95,49 @@ def generate_fraud_dataset(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Write a fraud dataset (reference tables, transaction files, manifest) to ``out``."""
-    params = FraudSynthParams.parse(
-        data_root=data_root(),
-        size=size,
-        transactions=transactions,
-        start=start,
-        end=end,
-        seed=seed,
-        file_size=file_size,
-        out=out,
-        compression=compression,
-        fraud_rate=fraud_rate,
-        customers=customers,
-        extra_bytes_per_row=extra_bytes_per_row,
-    )
+    params = FraudSynthParams.from_call(locals())
     spec = params.dataset_spec()
-    logger = get_run_logger()
     started = time.monotonic()
     storage = resolve_out(params.out)
+    done = _prepare(storage, spec)
+    reference = _write_reference(storage, spec, params.out)
+    outcomes = map_bounded(
+        write_part,
+        [
+            {
+                "out": params.out,
+                "spec": spec.to_dict(),
+                "index": i,
+                "extra_bytes_per_row": params.extra_bytes_per_row,
+            }
+            for i in range(spec.files)
+            if i not in done
+        ],
+        max_workers=max_workers,
+        chunk_scale=chunk_scale,
+    )
+    # Writers killed for memory leave temporaries; every writer of this run has ended now.
+    storage.remove_temporaries("transactions")
+    entries = list(done.values()) + [o.value for o in outcomes if o.ok]
+    manifest = gen.build_manifest(spec, entries, reference["rows"])
+    storage.write_json("manifest.json", manifest)
+    written = sum(o.ok for o in outcomes)
+    summary = _summarise(storage, manifest, written, len(done), time.monotonic() - started)
+    raise_failures(outcomes, "transaction files", lambda item: gen.part_path(item["index"]))
+    return summary
+
+
+def _prepare(storage: Storage, spec: gen.DatasetSpec) -> dict[int, dict[str, Any]]:
+    """Check that ``out`` can take this dataset and remove what killed writers left; the
+    files already complete (a re-run skips them)."""
+    logger = get_run_logger()
     _probe(storage)
     existing = storage.read_json("manifest.json")
     if existing and existing.get("fingerprint") != gen.fingerprint(spec):
-        raise BadInput(
-            f"out: {storage.url} already holds a different dataset (seed {existing.get('seed')}, "
-            f"{existing.get('transactions')} transactions): use another out or remove it"
+        raise bad_parameter(
+            "out",
+            f"{storage.url} already holds a different dataset (seed {existing.get('seed')}, "
+            f"{existing.get('transactions')} transactions): use another out or remove it",
         )
     removed = storage.remove_temporaries()
     if removed:
@@ -135,47 +155,44 @@ def generate_fraud_dataset(
         len(done),
         spec.customers,
     )
+    return done
 
-    # Reference tables first, on their own: their writer holds every customer column and
-    # peaks above a transaction writer, so running alongside one it set the run's peak;
-    # alone it costs a second or two, and a failure stops the run before phase 2.
+
+def _write_reference(storage: Storage, spec: gen.DatasetSpec, out: str) -> dict[str, Any]:
+    """The reference tables, written unless this dataset's are there already.
+
+    They are written alone, before any transaction file: their writer holds every customer
+    column and peaks above a transaction writer, so alongside one it would set the run's peak,
+    and a failure here stops the run before the transactions start.
+    """
     reference = storage.read_json(REFERENCE_MARK)
     if not reference or reference.get("fingerprint") != gen.fingerprint(spec):
-        rows = write_reference.submit(out=params.out, spec=spec.to_dict()).result()
+        rows = write_reference.submit(out=out, spec=spec.to_dict()).result()
         reference = {"fingerprint": gen.fingerprint(spec), "rows": rows}
         storage.write_json(REFERENCE_MARK, reference)
-    outcomes = map_bounded(
-        write_part,
-        [
-            {
-                "out": params.out,
-                "spec": spec.to_dict(),
-                "index": i,
-                "extra_bytes_per_row": params.extra_bytes_per_row,
-            }
-            for i in todo
-        ],
-        max_workers=max_workers,
-        chunk_scale=chunk_scale,
-    )
-    # Writers killed for memory leave temporaries; every writer of this run has ended now.
-    storage.remove_temporaries("transactions")
-    entries = list(done.values()) + [o.value for o in outcomes if o.ok]
-    manifest = gen.build_manifest(spec, entries, reference["rows"])
-    storage.write_json("manifest.json", manifest)
-    seconds = time.monotonic() - started
+    return reference
+
+
+def _summarise(
+    storage: Storage,
+    manifest: dict[str, Any],
+    written: int,
+    skipped: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The run's summary (the flow's return value), logged in one line."""
     summary = {
         "out": storage.url,
         "transactions": manifest["rows"],
         "files": len(manifest["files"]),
-        "written": sum(o.ok for o in outcomes),
-        "skipped": len(done),
+        "written": written,
+        "skipped": skipped,
         "bytes": manifest["bytes"],
         "fraud": manifest["fraud"],
         "complete": manifest["complete"],
         "seconds": round(seconds, 2),
     }
-    logger.info(
+    get_run_logger().info(
         "%d transactions in %d files (%.1f MB) in %.1f s; fraud %s",
         summary["transactions"],
         summary["files"],
@@ -183,7 +200,6 @@ def generate_fraud_dataset(
         seconds,
         manifest["fraud"],
     )
-    raise_failures(outcomes, "transaction files", lambda item: gen.part_path(item["index"]))
     return summary
 
 
@@ -201,5 +217,4 @@ def demo(workdir: Path) -> str:
     )
 
 
-if __name__ == "__main__":
-    print(generate_fraud_dataset())
+run_if_main(__name__, generate_fraud_dataset, demo)

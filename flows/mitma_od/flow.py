@@ -11,11 +11,12 @@ bad file fails alone; the run names every failed file at the end.
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, task
 
-from flows.common.params import data_root, signature_from
+from flows.common.flow import publish_artifact, run_if_main
+from flows.common.params import signature_from
 from flows.mitma_od import bronze, cleanup, discover, download
 from flows.mitma_od.bronze import MIN_REPLACE_SHARE
 from flows.mitma_od.discover import DEFAULT_SOURCE
@@ -87,6 +88,15 @@ def _name_of(item: dict[str, Any]) -> str:
     return item.get("source_file") or Path(item.get("destination", "?")).name
 
 
+class CacheDirs(NamedTuple):
+    """Where a run keeps raw files, staged days, rejected rows and temporaries."""
+
+    raw: Path
+    staging: Path
+    rejects: Path
+    temp: Path
+
+
 @flow(name="ingest-mitma-od", **FLOW_HOOKS)
 @signature_from(MitmaParams)
 def ingest_mitma_od(
@@ -104,110 +114,21 @@ def ingest_mitma_od(
     min_replace_share: float = MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Load the MITMA daily OD files of a date range and zone type into bronze + silver."""
-    params = MitmaParams.parse(
-        data_root=data_root(),
-        start_date=start_date,
-        end_date=end_date,
-        zone_type=zone_type,
-        source=source,
-        database=database,
-        cache_dir=cache_dir,
-        raw_retention_days=raw_retention_days,
-        lookback_days=lookback_days,
-        missing_only=missing_only,
-        max_workers=max_workers,
-        chunk_scale=chunk_scale,
-        min_replace_share=min_replace_share,
-    )
-    logger = get_run_logger()
+    params = MitmaParams.from_call(locals())
     started = time.monotonic()
-    cache = params.cache_root()
-    raw_root, staging_root = cache / "raw", cache / "staging"
-    rejects_root, temp_root = cache / "rejects", cache / "tmp"
-    # A full or read-only disk is the machine's fault: said once, before any file is read.
-    check_writable(Path(params.database).resolve().parent, raw_root, staging_root, rejects_root)
-    leftovers = cleanup.remove_stale_temporaries(raw_root, staging_root, rejects_root, temp_root)
-    if leftovers:
-        logger.info("removed %d temporary files of killed runs", len(leftovers))
-
-    days = params.days()
-    if params.missing_only:
-        done = bronze.loaded_days(params.database, params.zone_type)
-        days = [d for d in days if d not in done]
-    discovery = (
-        discover_files(params.source, params.zone_type, days) if days else discover.Discovery()
-    )
-    for gap in discovery.gaps:
-        logger.warning("no %s file published for %s: gap", params.zone_type, gap)
-
-    # Download what is remote; a local mirror is read in place.
-    remote = [f for f in discovery.files if not f.is_local]
-    downloads = map_bounded(
-        download_day,
-        [
-            {
-                "url": f.location,
-                "destination": str(raw_root / discover.daily_relpath(f.zone_type, f.day)),
-            }
-            for f in remote
-        ],
-        max_workers=params.max_workers,
-        chunk_scale=None,
-    )
-    raw_paths = {f.name: f.location for f in discovery.files if f.is_local}
-    for outcome in downloads:
-        if outcome.ok:
-            raw_paths[Path(outcome.item["destination"]).name] = outcome.value["path"]
-
-    stages = map_bounded(
-        stage_day,
-        [
-            {
-                "raw_path": raw_paths[f.name],
-                "staging_path": str(staging_root / f"{f.name.removesuffix('.csv.gz')}.parquet"),
-                "rejects_path": str(rejects_root / f"{f.name.removesuffix('.csv.gz')}.rejects.csv"),
-                "day": f.day.isoformat(),
-                "zone_type": f.zone_type,
-                "source_file": f.name,
-                "temp_root": str(temp_root),
-            }
-            for f in discovery.files
-            if f.name in raw_paths
-        ],
-        max_workers=params.max_workers,
-        chunk_scale=params.chunk_scale,
-    )
+    dirs = _prepare_cache(params)
+    days, discovery = _discover(params)
+    downloads, raw_paths = _download(params, discovery, dirs)
+    stages = _stage(params, discovery, raw_paths, dirs)
     # One writer: days load in date order, one transaction each.
     staged = sorted((o.value for o in stages if o.ok), key=lambda v: v["day"])
-    loads: list[Outcome] = []
-    if staged:
-        [batch] = map_bounded(
-            load_days,
-            [
-                {
-                    "database": params.database,
-                    "staged": staged,
-                    "temp_root": str(temp_root),
-                    "min_replace_share": params.min_replace_share,
-                }
-            ],
-            max_workers=1,
-            chunk_scale=None,
-        )
-        if batch.ok:
-            loads += [Outcome({"source_file": v["source_file"]}, v) for v in batch.value["loaded"]]
-            loads += [
-                Outcome({"source_file": f["source_file"]}, error=_load_error(f))
-                for f in batch.value["failed"]
-            ]
-        else:
-            loads += [Outcome({"source_file": v["source_file"]}, error=batch.error) for v in staged]
+    loads = _load(params, staged, dirs)
     loaded = [o.value for o in loads if o.ok]
     loaded_files = {v["source_file"] for v in loaded}
     cleaned = cleanup.cleanup_after_load(
         [v["staging"] for v in staged if v["source_file"] in loaded_files],
         [raw_paths[name] for name in loaded_files],
-        str(raw_root),
+        str(dirs.raw),
         params.raw_retention_days,
     )
     summary = {
@@ -224,7 +145,7 @@ def ingest_mitma_od(
         **cleaned,
     }
     _publish_summary(params, discovery, downloads, stages, loads)
-    logger.info(
+    get_run_logger().info(
         "%s: %d of %d files loaded, %s rows, %d gaps, %.1f s",
         params.zone_type,
         len(loaded),
@@ -237,6 +158,106 @@ def ingest_mitma_od(
         [o for o in [*downloads, *stages, *loads] if not o.ok], "MITMA daily files", _name_of
     )
     return summary
+
+
+def _prepare_cache(params: MitmaParams) -> CacheDirs:
+    """The run's cache directories, checked writable and rid of what killed runs left."""
+    cache = params.cache_root()
+    dirs = CacheDirs(cache / "raw", cache / "staging", cache / "rejects", cache / "tmp")
+    # A full or read-only disk is the machine's fault: said once, before any file is read.
+    check_writable(Path(params.database).resolve().parent, dirs.raw, dirs.staging, dirs.rejects)
+    leftovers = cleanup.remove_stale_temporaries(*dirs)
+    if leftovers:
+        get_run_logger().info("removed %d temporary files of killed runs", len(leftovers))
+    return dirs
+
+
+def _discover(params: MitmaParams) -> tuple[list[date], discover.Discovery]:
+    """The days to ingest and the files published for them; a day without one is a gap."""
+    days = params.days()
+    if params.missing_only:
+        done = bronze.loaded_days(params.database, params.zone_type)
+        days = [d for d in days if d not in done]
+    discovery = (
+        discover_files(params.source, params.zone_type, days) if days else discover.Discovery()
+    )
+    for gap in discovery.gaps:
+        get_run_logger().warning("no %s file published for %s: gap", params.zone_type, gap)
+    return days, discovery
+
+
+def _download(
+    params: MitmaParams, discovery: discover.Discovery, dirs: CacheDirs
+) -> tuple[list[Outcome], dict[str, str]]:
+    """Download what is remote (a local mirror is read in place); each file's local path by
+    its name, for the files that are here."""
+    remote = [f for f in discovery.files if not f.is_local]
+    downloads = map_bounded(
+        download_day,
+        [
+            {
+                "url": f.location,
+                "destination": str(dirs.raw / discover.daily_relpath(f.zone_type, f.day)),
+            }
+            for f in remote
+        ],
+        max_workers=params.max_workers,
+        chunk_scale=None,
+    )
+    raw_paths = {f.name: f.location for f in discovery.files if f.is_local}
+    for outcome in downloads:
+        if outcome.ok:
+            raw_paths[Path(outcome.item["destination"]).name] = outcome.value["path"]
+    return downloads, raw_paths
+
+
+def _stage(
+    params: MitmaParams, discovery: discover.Discovery, raw_paths: dict[str, str], dirs: CacheDirs
+) -> list[Outcome]:
+    """Stage every day whose raw file is here: typed Parquet and a file of rejected rows."""
+    return map_bounded(
+        stage_day,
+        [
+            {
+                "raw_path": raw_paths[f.name],
+                "staging_path": str(dirs.staging / f"{f.name.removesuffix('.csv.gz')}.parquet"),
+                "rejects_path": str(dirs.rejects / f"{f.name.removesuffix('.csv.gz')}.rejects.csv"),
+                "day": f.day.isoformat(),
+                "zone_type": f.zone_type,
+                "source_file": f.name,
+                "temp_root": str(dirs.temp),
+            }
+            for f in discovery.files
+            if f.name in raw_paths
+        ],
+        max_workers=params.max_workers,
+        chunk_scale=params.chunk_scale,
+    )
+
+
+def _load(params: MitmaParams, staged: list[dict[str, Any]], dirs: CacheDirs) -> list[Outcome]:
+    """Load the staged days through the single writer; one outcome per day."""
+    if not staged:
+        return []
+    [batch] = map_bounded(
+        load_days,
+        [
+            {
+                "database": params.database,
+                "staged": staged,
+                "temp_root": str(dirs.temp),
+                "min_replace_share": params.min_replace_share,
+            }
+        ],
+        max_workers=1,
+        chunk_scale=None,
+    )
+    if not batch.ok:
+        return [Outcome({"source_file": v["source_file"]}, error=batch.error) for v in staged]
+    return [Outcome({"source_file": v["source_file"]}, v) for v in batch.value["loaded"]] + [
+        Outcome({"source_file": f["source_file"]}, error=_load_error(f))
+        for f in batch.value["failed"]
+    ]
 
 
 def _load_error(failure: dict[str, str]) -> Exception:
@@ -254,8 +275,6 @@ def _publish_summary(
     loads: list[Outcome],
 ) -> None:
     """A table artifact: one row per day with its outcome, rows and rejects."""
-    from prefect.artifacts import create_table_artifact
-
     rows: dict[str, dict[str, Any]] = {
         d.isoformat(): {"day": d.isoformat(), "file": "", "status": "gap", "rows": 0}
         for d in discovery.gaps
@@ -277,14 +296,12 @@ def _publish_summary(
                     row["status"], row["rows"] = "loaded", outcome.value["rows"]
             else:
                 row["status"] = f"{phase} failed: {str(outcome.error).splitlines()[0][:200]}"
-    try:
-        create_table_artifact(
-            [rows[k] for k in sorted(rows)],
-            key=f"mitma-od-{params.zone_type.lower()}",
-            description=f"MITMA {params.zone_type}: outcome per day",
-        )
-    except Exception as exc:  # a report must never change the run's outcome
-        get_run_logger().warning("could not publish the summary artifact: %s", exc)
+    publish_artifact(
+        "table",
+        [rows[k] for k in sorted(rows)],
+        key=f"mitma-od-{params.zone_type.lower()}",
+        description=f"MITMA {params.zone_type}: outcome per day",
+    )
 
 
 def demo(workdir: Path) -> str:
@@ -332,5 +349,4 @@ def demo(workdir: Path) -> str:
     )
 
 
-if __name__ == "__main__":
-    ingest_mitma_od()
+run_if_main(__name__, ingest_mitma_od, demo)

@@ -11,13 +11,9 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from flows.common.params import FlowParams, checks_inputs, is_url, problem, under_root
-from flows.mitma_od.bronze import (
-    MIN_REPLACE_SHARE,
-)
+from flows.mitma_od.bronze import MIN_REPLACE_SHARE
 from flows.mitma_od.discover import DEFAULT_SOURCE
-from flows.mitma_od.schema import (
-    ZoneType,
-)
+from flows.mitma_od.schema import ZoneType
 
 
 class MitmaParams(FlowParams):

@@ -34,8 +34,8 @@ _HOURS = ", ".join(f"'{h}'" for h in [*(f"{h:02d}" for h in range(24)), *map(str
 _ACTIVITIES = "ENUM('casa', 'trabajo_estudio', 'frecuente', 'no_frecuente')"
 # How DuckDB reads each column. Every column with a published domain is an ENUM: a value
 # outside it is a rejected row with its line number, not a silent NULL or a stray string, and
-# ENUM codes are far cheaper to parse, stage and load than short strings (about a sixth of the
-# CPU of a day). ``NA`` is read as NULL before the ENUM applies.
+# ENUM codes are cheaper to parse, stage and load than short strings. ``NA`` is read as NULL
+# before the ENUM applies.
 CSV_TYPES = {
     "fecha": "DATE",
     "periodo": f"ENUM({_HOURS})",
@@ -60,9 +60,10 @@ SILVER_VIEW = "silver_od_hourly"
 ZONE_TYPE_ENUM = f"ENUM({', '.join(repr(z) for z in ZONE_TYPES)})"
 # Bronze keeps each published domain as the ENUM it is staged with (queries read them as text:
 # `sexo = 'mujer'`, LIKE, ||, and a value outside the domain simply matches nothing): a one-byte
-# code is cheaper to store and insert than a short string. A bronze table created with text
-# columns keeps them; the same insert fills either. Zone ids and the province of residence
-# stay text.
+# code is cheaper to store and insert than a short string. The insert names its columns and
+# DuckDB casts each value, so a bronze table whose domains are text columns is filled the same
+# way and needs no migration.
+# Zone ids and the province of residence stay text: their domains are not closed.
 BRONZE_TYPES = {
     **CSV_TYPES,
     "periodo": "TINYINT",

@@ -16,12 +16,13 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from flows.common.params import data_root, signature_from
+from flows.common.flow import publish_artifact, run_if_main
+from flows.common.params import signature_from
 from flows.ml_pipeline import dataset as ml_dataset
 from flows.ml_pipeline import features as ml_features
 from flows.ml_pipeline import model as ml_model
@@ -73,29 +74,33 @@ def stage_dataset(dataset: str, fingerprint: str, cache_root: str) -> str:
     return ml_dataset.stage_dataset(dataset, fingerprint, cache_root)
 
 
-build_features = budgeted_task(
+def _cached_step(body: Any, tag: str, chunk: Chunking, name: str, **options: Any) -> Any:
+    """A budgeted step whose small JSON result is cached by :data:`STEP_CACHE`."""
+    step = budgeted_task(body, tag=tag, chunk=chunk, name=name, **options)
+    return step.with_options(cache_policy=STEP_CACHE, **CACHED_RESULTS)
+
+
+build_features = _cached_step(
     ml_features.build_features_task,
-    tag="ml-features",
+    "ml-features",
     # Transactions per batch of whole files (each batch also reads 7 days of look-back).
-    chunk=Chunking("rows_per_batch", default=4_000_000, floor=50_000, bytes_per_row=400.0),
+    Chunking("rows_per_batch", default=4_000_000, floor=50_000, bytes_per_row=400.0),
+    "build-fraud-features",
     input_bytes=_dataset_bytes,
-    name="build-fraud-features",
-).with_options(cache_policy=STEP_CACHE, **CACHED_RESULTS)
-
-train_model = budgeted_task(
+)
+train_model = _cached_step(
     ml_model.train_model_task,
-    tag="ml-train",
+    "ml-train",
     # Rows sampled for the fit: the matrix, its binned copy and the booster's gradients.
-    chunk=Chunking("rows_sampled", default=2_000_000, floor=20_000, bytes_per_row=800.0),
-    name="train-fraud-model",
-).with_options(cache_policy=STEP_CACHE, **CACHED_RESULTS)
-
-evaluate_model = budgeted_task(
+    Chunking("rows_sampled", default=2_000_000, floor=20_000, bytes_per_row=800.0),
+    "train-fraud-model",
+)
+evaluate_model = _cached_step(
     ml_model.evaluate_model_task,
-    tag="ml-train",
-    chunk=Chunking("rows_per_batch", default=250_000, floor=10_000, bytes_per_row=1_500.0),
-    name="evaluate-fraud-model",
-).with_options(cache_policy=STEP_CACHE, **CACHED_RESULTS)
+    "ml-train",
+    Chunking("rows_per_batch", default=250_000, floor=10_000, bytes_per_row=1_500.0),
+    "evaluate-fraud-model",
+)
 
 
 # Publishing runs in the flow process (small files); its cache entry skips a re-registration.
@@ -140,69 +145,123 @@ def train_fraud_model(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Check a fraud_synth dataset, build features, train, evaluate and register a model."""
-    params = ml_params.TrainParams.parse(
-        data_root=data_root(),
-        dataset=dataset,
-        out=out,
-        train_end=train_end,
-        test_start=test_start,
-        train_fraction=train_fraction,
-        learning_rate=learning_rate,
-        max_iter=max_iter,
-        max_leaf_nodes=max_leaf_nodes,
-        min_samples_leaf=min_samples_leaf,
-        l2_regularization=l2_regularization,
-        alert_rate=alert_rate,
-        min_fraud_rows=min_fraud_rows,
-        seed=seed,
-        workdir=workdir,
-        chunk_scale=chunk_scale,
-    )
-    logger = get_run_logger()
+    params = ml_params.TrainParams.from_call(locals())
     started = time.monotonic()
     states: dict[str, str] = {}
-    work = params.local_workdir()
     health = _run(
         check_dataset, states, dataset=params.dataset, min_fraud_rows=params.min_fraud_rows
     )
-    fingerprint = health["fingerprint"]
-    logger.info(
+    get_run_logger().info(
         "dataset %s: %s rows, %s fraud, fingerprint %s",
         params.dataset,
         f"{health['rows']:,}",
         f"{health['fraud_rows']:,}",
-        fingerprint[:16],
+        health["fingerprint"][:16],
     )
+    plan = _plan(params, health)
+    dataset_dir = _local_dataset(params, plan, states)
+    features, training, metrics = _fit(params, plan, dataset_dir, states)
+    registered = _run(
+        register_model,
+        states,
+        output_done=_registered(params.out, plan.version),
+        out=params.out,
+        version=plan.version,
+        model_path=training["model_path"],
+        metrics=metrics,
+        training=training,
+        health=health,
+        params={**plan.model_params, "seed": params.seed, "alert_rate": params.alert_rate},
+        split=plan.split,
+    )
+    publish_artifact(
+        "markdown", registered["card"], key="fraud-model-card", description="fraud model card"
+    )
+    summary = {
+        "version": registered["version"],
+        "uri": registered["uri"],
+        "fingerprint": plan.fingerprint,
+        "rows": health["rows"],
+        "files": health["files"],
+        "fraud_rows": health["fraud_rows"],
+        "features_rows": features["rows"],
+        "train_rows": training["train_rows"],
+        "sampled_rows": training["sampled_rows"],
+        "split": plan.split,
+        "metrics": {k: v for k, v in metrics.items() if k != "seconds"},
+        "steps": states,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    _log_model(summary, metrics)
+    return summary
+
+
+class Plan(NamedTuple):
+    """What a run trains: the dataset's fingerprint, the split, the model version and where
+    the steps write."""
+
+    fingerprint: str
+    train_end_ms: int
+    test_start_ms: int
+    split: dict[str, str]
+    model_params: dict[str, Any]
+    version: str
+    work: Path
+
+
+def _plan(params: ml_params.TrainParams, health: dict[str, Any]) -> Plan:
+    """The run's plan from its parameters and the dataset's health record."""
+    fingerprint = health["fingerprint"]
     train_end_ms, test_start_ms = ml_params.resolve_split(
         params, health["min_ts_ms"], health["max_ts_ms"]
     )
     split = {"train_end": ml_core.iso(train_end_ms), "test_start": ml_core.iso(test_start_ms)}
-    local = ml_core.local_path(params.dataset)
-    if local is not None:
-        dataset_dir = str(local)
-    else:
-        dataset_dir = _run(
-            stage_dataset,
-            states,
-            output_done=(ml_dataset.staged_dir(work, fingerprint) / "manifest.json").is_file(),
-            dataset=params.dataset,
-            fingerprint=fingerprint,
-            cache_root=str(work),
-        )
-
     model_params = params.model_params()
     version = ml_registry.model_version(fingerprint, model_params, split, params.seed)
-    features_dir = str(work / f"features-{fingerprint[:16]}")
-    model_path = str(work / f"model-{version}.pkl")
-    metrics_path = str(work / f"metrics-{version}-{params.alert_rate:g}.json")
+    return Plan(
+        fingerprint,
+        train_end_ms,
+        test_start_ms,
+        split,
+        model_params,
+        version,
+        params.local_workdir(),
+    )
+
+
+def _local_dataset(params: ml_params.TrainParams, plan: Plan, states: dict[str, str]) -> str:
+    """The dataset's local directory: itself, or the staged copy of a remote one."""
+    local = ml_core.local_path(params.dataset)
+    if local is not None:
+        return str(local)
+    staged = ml_dataset.staged_dir(plan.work, plan.fingerprint) / "manifest.json"
+    return str(
+        _run(
+            stage_dataset,
+            states,
+            output_done=staged.is_file(),
+            dataset=params.dataset,
+            fingerprint=plan.fingerprint,
+            cache_root=str(plan.work),
+        )
+    )
+
+
+def _fit(
+    params: ml_params.TrainParams, plan: Plan, dataset_dir: str, states: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Features, training and evaluation: each step's record."""
+    features_dir = str(plan.work / f"features-{plan.fingerprint[:16]}")
+    model_path = str(plan.work / f"model-{plan.version}.pkl")
+    metrics_path = str(plan.work / f"metrics-{plan.version}-{params.alert_rate:g}.json")
+    common = {"fingerprint": plan.fingerprint, "chunk_scale": params.chunk_scale}
     features = _run(
         build_features,
         states,
         output_done=ml_features.features_complete(features_dir),
         dataset_dir=dataset_dir,
         features_dir=features_dir,
-        fingerprint=fingerprint,
-        chunk_scale=params.chunk_scale,
+        **common,
     )
     training = _run(
         train_model,
@@ -210,11 +269,10 @@ def train_fraud_model(
         output_done=Path(model_path).is_file(),
         features_dir=features["features_dir"],
         model_path=model_path,
-        train_end_ms=train_end_ms,
-        model_params=model_params,
+        train_end_ms=plan.train_end_ms,
+        model_params=plan.model_params,
         seed=params.seed,
-        fingerprint=fingerprint,
-        chunk_scale=params.chunk_scale,
+        **common,
     )
     metrics = _run(
         evaluate_model,
@@ -222,65 +280,28 @@ def train_fraud_model(
         output_done=Path(metrics_path).is_file(),
         features_dir=features["features_dir"],
         model_path=training["model_path"],
-        test_start_ms=test_start_ms,
+        test_start_ms=plan.test_start_ms,
         metrics_path=metrics_path,
         alert_rate=params.alert_rate,
-        fingerprint=fingerprint,
-        chunk_scale=params.chunk_scale,
+        **common,
     )
-    registered = _run(
-        register_model,
-        states,
-        output_done=_registered(params.out, version),
-        out=params.out,
-        version=version,
-        model_path=training["model_path"],
-        metrics=metrics,
-        training=training,
-        health=health,
-        params={**model_params, "seed": params.seed, "alert_rate": params.alert_rate},
-        split=split,
-    )
-    _publish_card(registered["card"])
-    summary = {
-        "version": registered["version"],
-        "uri": registered["uri"],
-        "fingerprint": fingerprint,
-        "rows": health["rows"],
-        "files": health["files"],
-        "fraud_rows": health["fraud_rows"],
-        "features_rows": features["rows"],
-        "train_rows": training["train_rows"],
-        "sampled_rows": training["sampled_rows"],
-        "split": split,
-        "metrics": {k: v for k, v in metrics.items() if k != "seconds"},
-        "steps": states,
-        "seconds": round(time.monotonic() - started, 2),
-    }
-    logger.info(
+    return features, training, metrics
+
+
+def _log_model(summary: dict[str, Any], metrics: dict[str, Any]) -> None:
+    get_run_logger().info(
         "model %s: PR-AUC %.3f (fraud rate %.4f, %.0fx), ROC-AUC %.3f, recall %.3f at %.1f%% "
         "alerts; steps %s; %.1f s",
-        registered["version"],
+        summary["version"],
         metrics["pr_auc"],
         metrics["fraud_rate"],
         metrics["pr_auc_lift"],
         metrics["roc_auc"],
         metrics["recall_at_alert"],
         100 * metrics["alert_rate"],
-        states,
+        summary["steps"],
         summary["seconds"],
     )
-    return summary
-
-
-def _publish_card(card: str) -> None:
-    """The model card as a markdown artifact of the flow run."""
-    from prefect.artifacts import create_markdown_artifact
-
-    try:
-        create_markdown_artifact(card, key="fraud-model-card", description="fraud model card")
-    except Exception as exc:  # an artifact must never fail the work
-        get_run_logger().warning("model card artifact failed: %s", exc)
 
 
 def demo(workdir: Path) -> str:
@@ -312,11 +333,4 @@ def demo(workdir: Path) -> str:
     )
 
 
-if __name__ == "__main__":
-    import sys
-
-    print(
-        train_fraud_model(
-            dataset=sys.argv[1], out=sys.argv[2] if len(sys.argv) > 2 else "data/models"
-        )
-    )
+run_if_main(__name__, train_fraud_model, demo)

@@ -5,10 +5,11 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 
-from flows.common.params import FlowParams, signature_from
+from flows.common.flow import run_if_main
+from flows.common.params import signature_from
 from flows.oom_drill import body as oom_drill_body
+from flows.oom_drill.params import OomDrillParams
 from headroom import Chunking, History
 from headroom.prefect import (
     FLOW_HOOKS,
@@ -22,23 +23,12 @@ from headroom.prefect import (
 checksum_part = budgeted_task(
     oom_drill_body.checksum_rows,
     tag="fraud-gen",
-    # 600,000 rows of 1 KiB is ~590 MiB: deliberately more than fraud-gen's cap (limits.toml).
+    # A chunk holds rows_per_chunk rows of 1 KiB: the default chunk is meant to be more than
+    # fraud-gen's cap in deployments/limits.toml, so the first attempt runs out of memory.
     chunk=Chunking("rows_per_chunk", default=600_000, floor=2_000),
     input_bytes=lambda kw: kw["rows"] * kw.get("bytes_per_row", 1024),
     name="checksum-part",
 )
-
-
-class OomDrillParams(FlowParams):
-    """How much the drill checksums."""
-
-    parts: int = Field(2, ge=1, le=64, description="Parts, one budgeted task each.")
-    rows: int = Field(
-        600_000,
-        ge=1,
-        le=10_000_000,
-        description="Rows of 1 KiB per part; the default overshoots the fraud-gen cap on purpose.",
-    )
 
 
 @flow(name="oom-drill", **FLOW_HOOKS)
@@ -50,7 +40,7 @@ def oom_drill(
     chunk_scale: ChunkScale = 1.0,
 ) -> list[dict]:
     """Checksum ``parts`` parts of ``rows`` rows each under the fraud-gen cap."""
-    params = OomDrillParams.parse(parts=parts, rows=rows)
+    params = OomDrillParams.from_call(locals())
     outcomes = map_bounded(
         checksum_part,
         [{"part": part, "rows": params.rows} for part in range(params.parts)],
@@ -75,3 +65,6 @@ def demo(workdir: Path) -> str:
         f"started at {second[0]['rows_per_chunk']:,} from history; checksums equal: {same}; "
         f"{time.monotonic() - started:.1f} s"
     )
+
+
+run_if_main(__name__, oom_drill, demo)

@@ -14,16 +14,17 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common.params import data_root, is_url, signature_from
+from flows.common.flow import publish_artifact, run_if_main
+from flows.common.params import bad_parameter, is_url, signature_from
 from flows.stream_stats.compute.baseline import read_windows
 from flows.stream_stats.consume import run_micro_batches
 from flows.stream_stats.params import StreamParams
 from flows.stream_stats.sink.store import sink_lock
 from flows.stream_stats.sources.embedded import load_manifest
 from flows.stream_stats.windows import parse_duration_ms
-from headroom import BadInput, Chunking
+from headroom import Chunking
+from headroom.budget import Budget, GpuDevice
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
 
 # Peak bytes per event of a micro-batch: parse buffers, columns, sort temporaries.
@@ -61,7 +62,7 @@ def resolve_backend(requested: str) -> tuple[str, str]:
 
     ok, why = available()
     if requested == "gpu" and not ok:
-        raise BadInput(f"parameter backend: gpu requested but {why}")
+        raise bad_parameter("backend", f"gpu requested but {why}")
     return ("gpu", why) if ok else ("cpu", f"auto: {why}")
 
 
@@ -81,53 +82,16 @@ def stream_stats(
     chunk_scale: ChunkScale = 1.0,
 ) -> dict[str, Any]:
     """Consume the stream into per-(window, key) statistics in a DuckDB sink, for a while."""
-    params = StreamParams.parse(
-        data_root=data_root(),
-        source=source,
-        sink=sink,
-        window=window,
-        slide=slide,
-        watermark=watermark,
-        max_batch=max_batch,
-        max_duration=max_duration,
-        max_events=max_events,
-        backend=backend,
-        keys=keys,
-    )
-    spec = params.spec()
+    params = StreamParams.from_call(locals())
     if not is_url(params.source) and not load_manifest(params.source):
         # A dataset is replayed, not waited on: with no file there is nothing to consume.
-        raise BadInput(f"parameter source: {params.source} lists no transaction files")
+        raise bad_parameter("source", f"{params.source} lists no transaction files")
     logger = get_run_logger()
     chosen, why = resolve_backend(params.backend)
     logger.info("backend %s (%s)", chosen, why)
-    task = micro_batch_task("gpu" if chosen == "gpu" else "stream-stats", params.max_batch)
-    duration_s = parse_duration_ms(params.max_duration, name="max_duration") / 1000
     started = time.monotonic()
-    calls: list[dict[str, Any]] = []
-    events = 0
     with sink_lock(params.sink):
-        while True:
-            left = duration_s - (time.monotonic() - started)
-            if left <= 0.5 or (params.max_events is not None and events >= params.max_events):
-                break
-            result = task(
-                source=params.source,
-                sink=params.sink,
-                window_ms=spec.window_ms,
-                slide_ms=spec.slide_ms,
-                watermark_ms=spec.watermark_ms,
-                keys=list(spec.keys),
-                backend=chosen,
-                max_events=None if params.max_events is None else params.max_events - events,
-                max_seconds=min(SLICE_S, left),
-                idle_s=1.0,
-                chunk_scale=chunk_scale,
-            )
-            calls.append(result)
-            events += result["events"]
-            if result["drained"]:
-                break
+        calls = _consume(params, chosen, chunk_scale, started)
     summary = _summarise(calls, time.monotonic() - started, chosen)
     _publish(params, summary, calls, chosen)
     logger.info(
@@ -139,6 +103,33 @@ def stream_stats(
         summary["lag"],
     )
     return summary
+
+
+def _consume(
+    params: StreamParams, backend: str, chunk_scale: float, started: float
+) -> list[dict[str, Any]]:
+    """Call the micro-batch task until the run's time (from ``started``) or events are spent,
+    or the source is drained; each call's record."""
+    task = micro_batch_task("gpu" if backend == "gpu" else "stream-stats", params.max_batch)
+    duration_s = parse_duration_ms(params.max_duration, name="max_duration") / 1000
+    calls: list[dict[str, Any]] = []
+    events = 0
+    while True:
+        left = duration_s - (time.monotonic() - started)
+        if left <= 0.5 or (params.max_events is not None and events >= params.max_events):
+            return calls
+        result = task(
+            **params.consume_arguments(),
+            backend=backend,
+            max_events=None if params.max_events is None else params.max_events - events,
+            max_seconds=min(SLICE_S, left),
+            idle_s=1.0,
+            chunk_scale=chunk_scale,
+        )
+        calls.append(result)
+        events += result["events"]
+        if result["drained"]:
+            return calls
 
 
 def _summarise(calls: list[dict[str, Any]], seconds: float, backend: str) -> dict[str, Any]:
@@ -194,37 +185,35 @@ def _publish(
         f"- lag at the end: {summary['lag']}",
         f"- backend: {backend}",
     ]
-    gpu = _gpu_line() if backend == "gpu" else None
+    gpu = gpu_line(Budget.gpu()) if backend == "gpu" else None
     if gpu:
         lines.append(f"- GPU: {gpu}")
     comparison = backend_comparison(params.sink)
     if len(comparison) > 1:
         lines += ["", "| backend | events | aggregate s | events/s |", "|---|---|---|---|"]
         lines += [f"| {b} | {e:,} | {s:.2f} | {r:,.0f} |" for b, e, s, r in comparison]
-    try:
-        create_table_artifact(
-            rows,
-            key="stream-stats-calls",
-            description="stream_stats: one row per micro-batch task call",
-        )
-        create_markdown_artifact(
-            "\n".join(lines),
-            key="stream-stats-metrics",
-            description="stream_stats: throughput, lag, late events",
-        )
-    except Exception as exc:  # metrics must never fail the run
-        get_run_logger().warning("artifacts not written: %s", exc)
+    publish_artifact(
+        "table",
+        rows,
+        key="stream-stats-calls",
+        description="stream_stats: one row per micro-batch task call",
+    )
+    publish_artifact(
+        "markdown",
+        "\n".join(lines),
+        key="stream-stats-metrics",
+        description="stream_stats: throughput, lag, late events",
+    )
 
 
-def _gpu_line() -> str | None:
-    from headroom.budget import Budget
-
-    devices = Budget.gpu()
+def gpu_line(devices: list[GpuDevice]) -> str | None:
+    """The first GPU NVML sees, in one line of the metrics report; None without one."""
     if not devices:
         return None
     d = devices[0]
+    busy = "?" if d.utilization_pct is None else f"{d.utilization_pct:.0f}"
     return (
-        f"{d.name}, utilisation {d.utilization if d.utilization is not None else '?'} %, "
+        f"{d.name}, utilisation {busy} %, "
         f"memory used {d.total_mb - d.free_mb:,.0f} of {d.total_mb:,.0f} MiB"
     )
 
@@ -270,8 +259,4 @@ def demo(workdir: pathlib.Path) -> str:
     )
 
 
-if __name__ == "__main__":
-    import sys
-    import tempfile
-
-    print(demo(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())))
+run_if_main(__name__, stream_stats, demo)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -112,3 +112,16 @@ class StreamParams(FlowParams):
             watermark_ms=parse_duration_ms(self.watermark, name="watermark"),
             keys=tuple(self.keys or KEY_FIELDS),
         )
+
+    def consume_arguments(self) -> dict[str, Any]:
+        """What these parameters decide of a ``run_micro_batches`` call: where from, where to,
+        which windows."""
+        spec = self.spec()
+        return {
+            "source": self.source,
+            "sink": self.sink,
+            "window_ms": spec.window_ms,
+            "slide_ms": spec.slide_ms,
+            "watermark_ms": spec.watermark_ms,
+            "keys": list(spec.keys),
+        }

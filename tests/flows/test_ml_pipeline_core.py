@@ -283,7 +283,7 @@ def test_parameters_fail_before_any_work(health):
     with pytest.raises(ValidationError, match="train_fraction"):
         ml_params.TrainParams(dataset="d", train_fraction=1.5)
     params = ml_params.TrainParams(dataset="d", train_end="1999-01-01")
-    with pytest.raises(BadInput, match="train_end=1999-01-01"):
+    with pytest.raises(BadInput, match="^parameter train_end: 1999-01-01"):
         ml_params.resolve_split(params, health["min_ts_ms"], health["max_ts_ms"])
 
 

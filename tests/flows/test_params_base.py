@@ -27,7 +27,8 @@ from flows.mitma_od.flow import ingest_mitma_od
 from flows.mitma_od.params import MitmaParams
 from flows.ml_pipeline.flow import train_fraud_model
 from flows.ml_pipeline.params import TrainParams
-from flows.oom_drill.flow import OomDrillParams, oom_drill
+from flows.oom_drill.flow import oom_drill
+from flows.oom_drill.params import OomDrillParams
 from flows.stream_stats.flow import stream_stats
 from flows.stream_stats.params import StreamParams
 from headroom.errors import BadInput

@@ -69,3 +69,14 @@ def test_a_dataset_without_transaction_files_fails_the_run_saying_so(tmp_path):
     assert state.is_failed()
     assert f"BadInput: parameter source: {empty} lists no transaction files" in state.message
     assert not sink.exists()  # failed before the sink was touched
+
+
+def test_the_gpu_line_of_the_metrics_report_reads_nvmls_figures():
+    from flows.stream_stats.flow import gpu_line
+    from headroom.budget import GpuDevice
+
+    device = GpuDevice(0, "H200", total_mb=143_771.0, free_mb=100_000.0, utilization_pct=37.0)
+    assert gpu_line([device]) == "H200, utilisation 37 %, memory used 43,771 of 143,771 MiB"
+    unknown = GpuDevice(1, "T4", total_mb=15_360.0, free_mb=15_360.0)
+    assert gpu_line([unknown]) == "T4, utilisation ? %, memory used 0 of 15,360 MiB"
+    assert gpu_line([]) is None
