@@ -15,10 +15,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common.params import data_root, signature_from
+from flows.common.flow import publish_artifact, run_if_main
+from flows.common.params import bad_parameter, signature_from
 from flows.iso_lmp import dataset, fetch
 from flows.iso_lmp.params import IsoLmpParams
-from headroom import BadInput, Chunking
+from headroom import Chunking
 from headroom.prefect import (
     FLOW_HOOKS,
     ChunkScale,
@@ -92,20 +93,7 @@ def convert_iso_lmp(
     min_replace_share: float = dataset.MIN_REPLACE_SHARE,
 ) -> dict[str, Any]:
     """Convert (and optionally first download) the ISO LMP files of ``start``..``end``."""
-    params = IsoLmpParams.parse(
-        data_root=data_root(),
-        iso=iso,
-        start=start,
-        end=end,
-        markets=markets,
-        raw=raw,
-        out=out,
-        fetch=fetch,
-        source=source,
-        max_workers=max_workers,
-        chunk_scale=chunk_scale,
-        min_replace_share=min_replace_share,
-    )
+    params = IsoLmpParams.from_call(locals())
     started = time.monotonic()
     staging = str(dataset.staging_root_for(params.raw))
     # A full or read-only disk is the machine's fault: said once, before any file is read.
@@ -113,9 +101,10 @@ def convert_iso_lmp(
     failures = _fetch_missing(params) if params.fetch else []
     files = dataset.discover(Path(params.raw), params.iso, params.markets, params.start, params.end)
     if not files and not params.fetch:
-        raise BadInput(
-            f"parameter raw: no raw files of {', '.join(params.iso)} for "
-            f"{params.start}..{params.end} under {params.raw}"
+        raise bad_parameter(
+            "raw",
+            f"no raw files of {', '.join(params.iso)} for {params.start}..{params.end} "
+            f"under {params.raw}",
         )
     converts = map_bounded(
         convert_task,
@@ -139,7 +128,9 @@ def convert_iso_lmp(
     failures += [(p["partition"], p["error"]) for p in partitions if "error" in p]
     partitions = [p for p in partitions if "error" not in p]
     summary = _summary(params, files, converted, partitions, failures, started)
-    _publish_table(partitions)
+    publish_artifact(
+        "table", partitions[:500], key="iso-lmp-partitions", description="published partitions"
+    )
     raise_output_fault([*converts, *publishes])  # one fault of the output, reported once
     if failures:
         raise ItemFailures("ISO raw files or partitions", failures)
@@ -269,18 +260,6 @@ def _summary(
     return summary
 
 
-def _publish_table(partitions: list[dict[str, Any]]) -> None:
-    """A table artifact: each published partition with its rows and checksum."""
-    from prefect.artifacts import create_table_artifact
-
-    try:
-        create_table_artifact(
-            partitions[:500], key="iso-lmp-partitions", description="published partitions"
-        )
-    except Exception as exc:  # a report must never change the run's outcome
-        get_run_logger().warning("could not publish the partitions artifact: %s", exc)
-
-
 def demo(workdir: Path) -> str:
     """Write sample files of all seven ISOs (DST days included), convert them, report."""
     from flows.iso_lmp import samples
@@ -302,5 +281,4 @@ def demo(workdir: Path) -> str:
     )
 
 
-if __name__ == "__main__":
-    convert_iso_lmp()
+run_if_main(__name__, convert_iso_lmp, demo)

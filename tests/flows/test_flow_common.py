@@ -89,17 +89,7 @@ def _last_statement(module: str) -> str:
 
 @pytest.mark.parametrize(
     "workload",
-    [
-        pytest.param(
-            w,
-            marks=pytest.mark.xfail(
-                strict=True, reason="iso_lmp's flow module is changed on its own branch"
-            ),
-        )
-        if w.name == "iso_lmp"
-        else w
-        for w in WORKLOADS
-    ],
+    WORKLOADS,
     ids=[w.name for w in WORKLOADS],
 )
 def test_every_flow_module_ends_in_the_same_main(workload):
