@@ -1,7 +1,13 @@
 """The demo: every workload on generated sample data, under a fixed memory budget, on the
 embedded defaults (ephemeral Prefect on SQLite inside the project, local files, no services).
 
+Each workload generates its own data, so they run side by side, as many at once as there are
+usable cores (``--lanes``): one workload alone leaves a core idle while its flow process
+orchestrates, and the per-host memory limit admits their tasks whatever runs beside them.
+The temporary Prefect server is one for the whole demo.
+
     make demo          # or: python -m deployments.demo [--only NAME ...] [--workdir DIR]
+                       #     [--lanes N]
 """
 
 from __future__ import annotations
@@ -13,17 +19,19 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# (name, module with demo(workdir)) in dependency order: fraud_synth feeds stream and ML.
+# (name, module with demo(workdir)), the longest first so that the lanes end together.
 WORKLOADS = [
-    ("oom_drill", "flows.oom_drill"),
-    ("fraud_synth", "flows.fraud_synth"),
-    ("mitma_od", "flows.mitma_od"),
-    ("iso_lmp", "flows.iso_lmp.flow"),
-    ("stream_stats", "flows.stream_stats"),
     ("ml_pipeline", "flows.ml_pipeline"),
+    ("iso_lmp", "flows.iso_lmp.flow"),
+    ("oom_drill", "flows.oom_drill"),
+    ("mitma_od", "flows.mitma_od"),
+    ("stream_stats", "flows.stream_stats"),
+    ("fraud_synth", "flows.fraud_synth"),
 ]
 
 
@@ -38,10 +46,29 @@ def _embedded_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
+def run_side_by_side(names: list[str], run: Callable[[str], str], lanes: int) -> int:
+    """``run(name)`` for each name, ``lanes`` at once; prints each outcome as it ends.
+    Returns how many failed: one workload failing must not hide the others."""
+
+    def one(name: str) -> bool:
+        step = time.monotonic()
+        try:
+            summary = run(name)
+        except Exception as exc:
+            print(f"FAILED {name}: {type(exc).__name__}: {exc}", flush=True)
+            return False
+        print(f"ok {name} ({time.monotonic() - step:.1f} s): {summary}", flush=True)
+        return True
+
+    with ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="demo") as pool:
+        return sum(not ok for ok in pool.map(one, names))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=str(ROOT / "demo-output"))
     parser.add_argument("--only", nargs="*", help="run only these workloads")
+    parser.add_argument("--lanes", type=int, help="workloads at once (default: usable cores)")
     args = parser.parse_args(argv)
     _embedded_defaults()
     # The runs' INFO records reach the root logger's handlers by propagation whatever the root
@@ -52,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     from deployments.setup import apply_limits
+    from headroom.budget import usable_cores
     from headroom.prefect import current_budget
 
     workdir = Path(args.workdir)
@@ -61,19 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"headroom demo under a budget of {budget.describe()}")
     apply_limits()
     started = time.monotonic()
-    failures = 0
-    for name, module_name in WORKLOADS:
-        if args.only and name not in args.only:
-            continue
-        module = importlib.import_module(module_name)
-        step = time.monotonic()
-        try:
-            summary = module.demo(workdir / name)
-        except Exception as exc:  # one workload failing must not hide the others
-            failures += 1
-            print(f"FAILED {name}: {type(exc).__name__}: {exc}")
-            continue
-        print(f"ok {name} ({time.monotonic() - step:.1f} s): {summary}")
+    modules = dict(WORKLOADS)
+    # Imported first, so that each workload's time is its run alone.
+    names = [name for name, _ in WORKLOADS if not args.only or name in args.only]
+    for name in names:
+        importlib.import_module(modules[name])
+    failures = run_side_by_side(
+        names,
+        lambda name: importlib.import_module(modules[name]).demo(workdir / name),
+        args.lanes or usable_cores(),
+    )
     print(
         f"demo finished in {time.monotonic() - started:.1f} s; outputs under {workdir}; "
         f"memory reports under {os.environ['HEADROOM_STATE_DIR']}/reports"
