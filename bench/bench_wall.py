@@ -186,6 +186,7 @@ def run_subject(subject: str, home: Path, cores: int, way: str) -> dict:
         "cpu_s": m.cpu_s,
         "ratio": m.wall_s / (m.cpu_s / cores),
         "alone": demand.alone_ratio(),
+        "runnable": {n: demand.samples.count(n) for n in sorted(set(demand.samples))},
         "peak_mb": m.peak_rss_mb,
         "slots": len(every),
         "p50_s": percentile(every, 0.5),
