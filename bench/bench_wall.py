@@ -281,8 +281,8 @@ def report(
         "workers), iso_lmp 2,000 nodes x 365 days x 3 ISOs, mitma_od 15 files x 2 M rows "
         "(budget 2 GB); headroom's server only. Alone = the ratio the subject would reach on "
         "a machine of its own: 1 / the mean over the run of min(its runnable threads, cores) "
-        "/ cores, sampled every 0.1 s. Other sessions loaded the cores throughout (load 4-12 "
-        "on 2 cores), so alone and ratio / reference say more than the ratio."
+        "/ cores, sampled every 0.1 s (nan: not sampled). Other sessions loaded the cores "
+        "(load column), so alone and ratio / reference say more than the ratio."
         if large
         else "Each subject in its own process with its own temporary Prefect server on "
         "SQLite, two ways alternately: prefect = Prefect's own temporary server and settings "
