@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,20 +49,32 @@ def _embedded_defaults() -> None:
 
 def run_side_by_side(names: list[str], run: Callable[[str], str], lanes: int) -> int:
     """``run(name)`` for each name, ``lanes`` at once; prints each outcome as it ends.
-    Returns how many failed: one workload failing must not hide the others."""
+    Returns how many failed: one workload failing must not hide the others. An interrupt
+    (Ctrl-C, or one raised by a workload) starts no further workload and is raised again."""
+    interrupted = threading.Event()
 
     def one(name: str) -> bool:
+        if interrupted.is_set():
+            return False
         step = time.monotonic()
         try:
             summary = run(name)
         except Exception as exc:
             print(f"FAILED {name}: {type(exc).__name__}: {exc}", flush=True)
             return False
+        except BaseException:
+            interrupted.set()
+            raise
         print(f"ok {name} ({time.monotonic() - step:.1f} s): {summary}", flush=True)
         return True
 
     with ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="demo") as pool:
-        return sum(not ok for ok in pool.map(one, names))
+        futures = [pool.submit(one, name) for name in names]
+        try:
+            return sum(not future.result() for future in futures)
+        except BaseException:
+            interrupted.set()
+            raise
 
 
 def main(argv: list[str] | None = None) -> int:

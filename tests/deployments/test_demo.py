@@ -89,3 +89,19 @@ def test_one_lane_runs_the_workloads_one_after_another():
     order: list[str] = []
     assert run_side_by_side(["x", "y"], lambda n: order.append(n) or n, lanes=1) == 0
     assert order == ["x", "y"]
+
+
+def test_an_interrupt_starts_no_further_workload():
+    import pytest
+
+    from deployments.demo import run_side_by_side
+
+    started: list[str] = []
+
+    def run(name: str) -> str:
+        started.append(name)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_side_by_side(["a", "b", "c"], run, lanes=1)
+    assert started == ["a"]
