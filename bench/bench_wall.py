@@ -13,6 +13,11 @@ Each figure is taken two ways in the same run, alternately: "prefect" = Prefect'
 temporary server with its default settings (HEADROOM_PREFECT_APP=0, as before issue 21) and
 "headroom" = the temporary server headroom starts (headroom.server.temporary).
 
+The issue's sizes (``--only fraud_synth_1gb fraud_synth_10gb iso_lmp_2000 mitma_od_2``)
+read input generated once before the first run and kept in ``HEADROOM_WALL_CACHE``
+(default /tmp/headroom-wall-bench): iso_lmp's day-ahead files of 2,000 nodes x 365 days x 3
+ISOs (bench_iso_lmp's), mitma_od's 15 files x 2 M rows (bench_mitma_od's, budget 2 GB).
+
     .venv/bin/python -m bench.bench_wall [--only no_work fraud_synth ... fraud_synth_1gb]
         [--repeat 2]
         [--ways prefect headroom] [--no-demo] [--no-write]
@@ -30,10 +35,13 @@ import tempfile
 from pathlib import Path
 
 from bench.common import measure, table, write_section
-from bench.wall_subject import DEMOS
+from bench.wall_subject import DEMOS, LARGE
 from headroom.budget import usable_cores
 
-SUBJECTS = ["no_work", *DEMOS, "fraud_synth_1gb"]  # the last at the issue's size
+SUBJECTS = ["no_work", *DEMOS, *LARGE]  # the last ones at the issue's sizes
+CACHE = Path(os.environ.get("HEADROOM_WALL_CACHE", "/tmp/headroom-wall-bench"))
+ISO_NODES, ISO_DAYS = 2000, 365
+MITMA_DAYS, MITMA_ROWS = 15, 2_000_000
 RATIO_TARGET = 1.25
 P50_TARGET_S, P95_TARGET_S = 0.050, 0.150
 FIXED_CPU_S, FIXED_WALL_S = 5.0, 5.0
@@ -84,18 +92,94 @@ def reference_ratio(cores: int) -> float:
     return m.wall_s / (m.cpu_s / cores)
 
 
+def prepare(subject: str) -> str:
+    """The input of a subject at the issue's size, generated once into CACHE ('' if none)."""
+    if subject.startswith("iso_lmp_2000"):
+        from datetime import date, timedelta
+
+        from bench.bench_iso_lmp import ISOS, generate
+
+        raw = CACHE / f"iso-{ISO_NODES}-{ISO_DAYS}"
+        manifest = raw / "manifest.json"
+        if not manifest.exists():
+            shutil.rmtree(raw, ignore_errors=True)
+            rows = generate(raw, ISO_NODES, ISO_DAYS)
+            first = date(2023, 1, 1)
+            end = first + timedelta(days=ISO_DAYS - 1)
+            meta = {"isos": ISOS, "start": str(first), "end": str(end), "rows": rows}
+            manifest.write_text(json.dumps(meta))
+        # The flow stages next to the raw files and skips what it staged already: each run
+        # converts every file.
+        shutil.rmtree(raw / "_staging", ignore_errors=True)
+        return str(raw)
+    if subject == "mitma_od_2":
+        from bench.bench_mitma_od import generate as generate_od
+
+        mirror = CACHE / "mitma-2"
+        generate_od(mirror, MITMA_DAYS, MITMA_ROWS)  # cached by its own manifest
+        return str(mirror)
+    return ""
+
+
+class Demand:
+    """Samples, while a measured subject runs, how many of its tree's threads are runnable
+    (state R: on a core or waiting for one). min(runnable, cores) / cores averaged over the
+    run is the share of the machine the subject asked for; 1 / that share is the ratio it would
+    reach alone, whatever other sessions load the machine with meanwhile."""
+
+    def __init__(self, cores: int, interval_s: float = 0.1) -> None:
+        import threading
+
+        self.cores, self.interval_s = cores, interval_s
+        self.samples: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Demand:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._done.wait(self.interval_s):
+            running = 0
+            for child in me.children(recursive=True):
+                for task in Path(f"/proc/{child.pid}/task").glob("*/stat"):
+                    try:
+                        running += task.read_text().rsplit(")", 1)[1].split()[0] == "R"
+                    except (OSError, IndexError):
+                        continue  # the thread or process ended meanwhile
+            self.samples.append(running)
+
+    def alone_ratio(self) -> float:
+        """wall / (CPU / cores) the subject would reach on a machine of its own."""
+        if not self.samples:
+            return float("nan")
+        share = statistics.mean(min(n, self.cores) / self.cores for n in self.samples)
+        return 1 / share if share else float("inf")
+
+
 def run_subject(subject: str, home: Path, cores: int, way: str) -> dict:
     workdir = home / "work" / subject
     out = home / f"{subject}.json"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    m = measure(
-        subject,
-        [sys.executable, "-m", "bench.wall_subject", subject, str(workdir), str(out)],
-        env=embedded_env(home, way),
-    )
+    env = embedded_env(home, way)
+    if subject == "mitma_od_2":
+        env["HEADROOM_MEMORY_LIMIT"] = "2GB"  # bench_mitma_od's budget
+    argv = [sys.executable, "-m", "bench.wall_subject", subject, str(workdir), str(out)]
+    data = prepare(subject)
+    with Demand(cores) as demand:
+        m = measure(subject, [*argv, data], env=env, timeout_s=1800)
+    shutil.rmtree(workdir, ignore_errors=True)  # fraud_synth 10 GB: its output
     if m.returncode != 0:
-        raise RuntimeError(f"{subject} failed ({m.returncode})")
+        raise RuntimeError(f"{subject} failed ({m.returncode}): {m.output[-2000:]}")
     slots = json.loads(out.read_text())
     every = slots["tag_s"] + slots["memory_s"]
     return {
@@ -104,6 +188,8 @@ def run_subject(subject: str, home: Path, cores: int, way: str) -> dict:
         "wall_s": m.wall_s,
         "cpu_s": m.cpu_s,
         "ratio": m.wall_s / (m.cpu_s / cores),
+        "alone": demand.alone_ratio(),
+        "runnable": {n: demand.samples.count(n) for n in sorted(set(demand.samples))},
         "peak_mb": m.peak_rss_mb,
         "slots": len(every),
         "p50_s": percentile(every, 0.5),
@@ -146,6 +232,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-wall-") as scratch:
         home = Path(scratch)
         for subject in args.only:
+            prepare(subject)
             for _ in range(args.repeat):
                 for way in args.ways:
                     before = load()
@@ -162,10 +249,13 @@ def main() -> None:
                 print(json.dumps({"make_demo": demo[-1]}), flush=True)
     if args.no_write:
         return
-    write_section("wall", report(rows, demo, cores))
+    large = set(args.only) <= set(LARGE)  # the issue's sizes alone: their own section
+    write_section("wall-large" if large else "wall", report(rows, demo, cores, large))
 
 
-def report(rows: list[dict], demo: list[tuple[str, float, float, str]], cores: int) -> str:
+def report(
+    rows: list[dict], demo: list[tuple[str, float, float, str]], cores: int, large: bool = False
+) -> str:
     body = [
         [
             r["subject"],
@@ -175,6 +265,7 @@ def report(rows: list[dict], demo: list[tuple[str, float, float, str]], cores: i
             r["ratio"],
             r["reference"],
             r["ratio"] / r["reference"],
+            r["alone"],
             r["slots"],
             f"{1000 * r['p50_s']:.0f}",
             f"{1000 * r['p95_s']:.0f}",
@@ -185,10 +276,15 @@ def report(rows: list[dict], demo: list[tuple[str, float, float, str]], cores: i
         ]
         for r in rows
     ]
-    lines = [
-        "## Wall time on the embedded default (issue 21)",
-        "",
-        "Each subject in its own process with its own temporary Prefect server on "
+    intro = (
+        "Columns as in the table above; the issue's sizes, fraud_synth 1 GB / 10 GB (2 "
+        "workers), iso_lmp 2,000 nodes x 365 days x 3 ISOs, mitma_od 15 files x 2 M rows "
+        "(budget 2 GB); headroom's server only. Alone = the ratio the subject would reach on "
+        "a machine of its own: 1 / the mean over the run of min(its runnable threads, cores) "
+        "/ cores, sampled every 0.1 s (nan: not sampled). Other sessions loaded the cores "
+        "(load column), so alone and ratio / reference say more than the ratio."
+        if large
+        else "Each subject in its own process with its own temporary Prefect server on "
         "SQLite, two ways alternately: prefect = Prefect's own temporary server and settings "
         "(HEADROOM_PREFECT_APP=0, as before issue 21), headroom = the server headroom starts "
         "(headroom.server.temporary). CPU = user+sys of the whole tree (server included); "
@@ -199,8 +295,15 @@ def report(rows: list[dict], demo: list[tuple[str, float, float, str]], cores: i
         "requests = each request the engine sent for a tag slot and its answer, 423s = those "
         "refused because the limit was full. The machine is shared: reference = the same "
         "ratio for CPU-bound work on every core measured just before (1.0 when idle), and "
-        "ratio / reference is the subject's own share. Load = 1 / 5-minute load average "
-        "before the run.",
+        "ratio / reference is the subject's own share. Alone = the ratio the subject would "
+        "reach on a machine of its own: 1 / the mean over the run of min(its runnable "
+        "threads, cores) / cores, sampled every 0.1 s. Load = 1 / 5-minute load average "
+        "before the run."
+    )
+    lines = [
+        "### At the issue's sizes" if large else "## Wall time on the embedded default (issue 21)",
+        "",
+        intro,
         "",
         table(
             [
@@ -211,6 +314,7 @@ def report(rows: list[dict], demo: list[tuple[str, float, float, str]], cores: i
                 "ratio",
                 "reference",
                 "ratio / reference",
+                "alone",
                 "slots",
                 "p50 ms",
                 "p95 ms",

@@ -1,17 +1,21 @@
 """One subject of bench_wall, run in its own process on the embedded default: a flow run with
 no work, or one workload's demo (its small size). Writes the slot-acquisition latencies of the
 run to a JSON file: the engine's tag slots (timed around Prefect's acquisition call) and
-headroom's memory-mb slots (headroom.prefect.leases.acquired_s).
+headroom's memory-mb slots (headroom.prefect.leases.acquired_s). The issue's sizes (``LARGE``) read
+input that bench_wall generated beforehand in DATA (fraud_synth generates its own).
 
-    python -m bench.wall_subject SUBJECT WORKDIR OUT_JSON
+    python -m bench.wall_subject SUBJECT WORKDIR OUT_JSON [DATA]
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 from flows import WORKLOADS
@@ -67,14 +71,52 @@ def no_work() -> None:
     no_work_flow()
 
 
-def fraud_synth_1gb(workdir: str) -> None:
-    """fraud_synth at the issue's size: 1 GB, 2 workers (as bench_fraud_synth runs it)."""
+def fraud_synth(size: str, workdir: str, data: str) -> None:
+    """fraud_synth at the issue's sizes, 2 workers (as bench_fraud_synth runs it)."""
     from flows.fraud_synth.flow import generate_fraud_dataset
 
-    generate_fraud_dataset(size="1GB", out=str(Path(workdir) / "fraud"), max_workers=2)
+    generate_fraud_dataset(size=size, out=str(Path(workdir) / "fraud"), max_workers=2)
 
 
-def main(subject: str, workdir: str, out: str) -> None:
+def iso_lmp_2000(workdir: str, data: str, files_per_task: int | None = None) -> None:
+    """iso_lmp's flow over bench_iso_lmp's day-ahead files of 2,000 nodes (generated in DATA);
+    ``files_per_task`` replaces the flow's FILES_PER_TASK (an experiment: more, smaller tasks
+    than its one per ISO)."""
+    from flows.iso_lmp import flow
+    from flows.iso_lmp.flow import convert_iso_lmp
+
+    if files_per_task:
+        flow.FILES_PER_TASK = files_per_task
+
+    meta = json.loads((Path(data) / "manifest.json").read_text())
+    convert_iso_lmp(
+        iso=list(meta["isos"]),
+        start=date.fromisoformat(meta["start"]),
+        end=date.fromisoformat(meta["end"]),
+        markets=["DAY_AHEAD_HOURLY"],
+        raw=data,
+        out=str(Path(workdir) / "dataset"),
+    )
+
+
+def mitma_od_2(workdir: str, data: str) -> None:
+    """mitma_od's ingestion as bench_mitma_od runs it at scale 2 (15 files x 2 M rows)."""
+    from bench.bench_mitma_od import run_ours
+
+    meta = json.loads((Path(data) / "manifest.json").read_text())
+    run_ours(Path(data), meta["params"]["days"], str(Path(workdir) / "od.duckdb"))
+
+
+LARGE: dict[str, Callable[..., None]] = {
+    "fraud_synth_1gb": functools.partial(fraud_synth, "1GB"),
+    "fraud_synth_10gb": functools.partial(fraud_synth, "10GB"),
+    "iso_lmp_2000": iso_lmp_2000,
+    "iso_lmp_2000_split": functools.partial(iso_lmp_2000, files_per_task=183),
+    "mitma_od_2": mitma_od_2,
+}
+
+
+def main(subject: str, workdir: str, out: str, data: str = "") -> None:
     from headroom.prefect import leases
 
     tag: list[float] = []
@@ -84,8 +126,8 @@ def main(subject: str, workdir: str, out: str) -> None:
     began = time.monotonic()
     if subject == "no_work":
         no_work()
-    elif subject == "fraud_synth_1gb":
-        fraud_synth_1gb(workdir)
+    elif subject in LARGE:
+        LARGE[subject](workdir, data)
     else:
         importlib.import_module(DEMOS[subject]).demo(Path(workdir))
     Path(out).write_text(
@@ -102,4 +144,4 @@ def main(subject: str, workdir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

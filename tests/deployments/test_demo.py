@@ -51,3 +51,57 @@ def test_demo_runs_have_their_logs_in_the_ui_database_and_the_terminal_shows_no_
         # Each run's last record (its final state) arrived too: sent before the demo's
         # temporary server stopped.
         assert logs > 5 and finished == 1, (name, logs, finished)
+
+
+def test_workloads_run_side_by_side_and_a_failure_does_not_stop_the_others(capsys):
+    import threading
+    import time
+
+    from deployments.demo import run_side_by_side
+
+    running: set[str] = set()
+    together: list[set[str]] = []
+    lock = threading.Lock()
+
+    def run(name: str) -> str:
+        with lock:
+            running.add(name)
+            together.append(set(running))
+        time.sleep(0.2)
+        with lock:
+            running.discard(name)
+        if name == "b":
+            raise RuntimeError("b broke")
+        return f"{name} done"
+
+    failures = run_side_by_side(["a", "b", "c"], run, lanes=2)
+
+    assert failures == 1
+    assert max(len(s) for s in together) == 2  # two lanes busy at once, never three
+    printed = capsys.readouterr().out
+    assert "ok a (" in printed and "ok c (" in printed
+    assert "FAILED b: RuntimeError: b broke" in printed
+
+
+def test_one_lane_runs_the_workloads_one_after_another():
+    from deployments.demo import run_side_by_side
+
+    order: list[str] = []
+    assert run_side_by_side(["x", "y"], lambda n: order.append(n) or n, lanes=1) == 0
+    assert order == ["x", "y"]
+
+
+def test_an_interrupt_starts_no_further_workload():
+    import pytest
+
+    from deployments.demo import run_side_by_side
+
+    started: list[str] = []
+
+    def run(name: str) -> str:
+        started.append(name)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_side_by_side(["a", "b", "c"], run, lanes=1)
+    assert started == ["a"]
