@@ -153,122 +153,14 @@ def main() -> None:
     shutil.rmtree(SCRATCH, ignore_errors=True)
     n = int(TRANSACTIONS * args.scale)
     dataset = fraud_dataset(SCRATCH / "fraud", transactions=n, seed=1, files=8, days=7)
-    rows = []
-
-    baseline_n = int(BASELINE_EVENTS * args.scale)
-    code = (
-        "import json, time\n"
-        "from flows.stream_stats.sources.embedded import read_events\n"
-        "from flows.stream_stats.windows import WindowSpec\n"
-        "from flows.stream_stats.compute.baseline import baseline_aggregate\n"
-        f"events = read_events({str(dataset)!r})[:{baseline_n}]\n"
-        "t = time.perf_counter()\n"
-        "out = baseline_aggregate(events, WindowSpec(60000, 60000, 300000))\n"
-        "s = time.perf_counter() - t\n"
-        "print(json.dumps({'events': len(events), 'seconds': s, 'events_per_s': len(events)/s,"
-        " 'batch_s_max': s}))\n"
-    )
-    base = measure("baseline: per-event dict", python(code))
-    base_figures = _json(base.output)
-    rows.append(
-        [
-            "baseline: per-event Python dict (aggregation only)",
-            base_figures["events"],
-            base_figures["events_per_s"],
-            base_figures["batch_s_max"],
-            base.peak_rss_mb,
-            1.0,
-        ]
-    )
-
-    def consume(
-        label: str,
-        source: str,
-        backend: str = "cpu",
-        max_events: int | None = None,
-        command: list[str] | None = None,
-    ) -> dict:
-        sink = SCRATCH / f"{uuid.uuid4().hex[:6]}.duckdb"
-        run = measure(
-            label,
-            [
-                *(command or [sys.executable, "-m", "flows.stream_stats.consume"]),
-                "consume",
-                source,
-                str(sink),
-                "--window",
-                "1min",
-                "--watermark",
-                "5min",
-                "--max-batch",
-                "262144",
-                "--idle",
-                "0.5",
-                "--backend",
-                backend,
-                "--max-seconds",
-                "600",
-                # A stream's run stops at the count produced, as the bare consumer does,
-                # instead of waiting --idle for more (that wait is not reading).
-                *(["--max-events", str(max_events)] if max_events else []),
-            ],
-        )
-        figures = _json(run.output) | {"cpu_s": run.cpu_s}
-        rows.append(
-            [
-                label,
-                figures["events"],
-                figures["events_per_s"],
-                figures["batch_s_max"],
-                run.peak_rss_mb,
-                figures["events_per_s"] / base_figures["events_per_s"],
-            ]
-        )
-        return figures
-
+    rows: list[list] = []
+    base_figures = _baseline(dataset, int(BASELINE_EVENTS * args.scale), rows)
+    consume = _consumer(rows, base_figures["events_per_s"])
     embedded = consume("ours: embedded source, CPU", str(dataset))
     gpu_ok, why = available()
     if gpu_ok:
         consume("ours: embedded source, GPU", str(dataset), backend="gpu")
-    redis = None
-    if not args.no_redis:
-        import redis as redis_client
-
-        key = f"bench:stream-stats:{uuid.uuid4().hex[:8]}"
-        count = int(REDIS_EVENTS * args.scale)
-        produced = measure(
-            "producer",
-            [
-                sys.executable,
-                "-m",
-                "flows.stream_stats.producer",
-                "produce",
-                str(dataset),
-                "--redis",
-                REDIS_URL,
-                "--stream",
-                key,
-                "--max-events",
-                str(count),
-            ],
-        )
-        producer = _json(produced.output)
-        try:
-            redis = consume(
-                "ours: Redis stream end to end, CPU",
-                f"{REDIS_URL}?stream={key}&group=bench",
-                max_events=count,
-            )
-            readers = {
-                name: _json(
-                    measure(
-                        f"reader {name}", [*python(READERS), REDIS_URL, key, str(count), name]
-                    ).output
-                )
-                for name in ("hand", "redis-py")
-            }
-        finally:
-            redis_client.Redis.from_url(REDIS_URL).delete(key)
+    redis = None if args.no_redis else _redis(args, dataset, consume)
     kafka = _kafka(args, dataset, consume) if not args.no_kafka else None
     markdown = [
         "## stream_stats",
@@ -290,27 +182,133 @@ def main() -> None:
         f"({embedded['events_per_s']:,.0f})",
     ]
     if redis is not None:
-        markdown.append(
-            f"- target >= 100,000 events/s end to end from Redis: "
-            f"{'met' if redis['events_per_s'] >= 1e5 else 'not met'} "
-            f"({redis['events_per_s']:,.0f}; producer {producer['events_per_s']:,.0f} events/s)"
-        )
-        library = readers["redis-py"]
-        markdown.append(
-            f"- reading the same XREADGROUP batches of {READ_CHUNK:,} into event columns, no "
-            f"sink: the hand RESP reader {readers['hand']['events_per_s']:,.0f} entries/s, "
-            + (
-                "redis-py with hiredis not measured (pip install hiredis)"
-                if library.get("missing")
-                else f"redis-py with hiredis {library['events_per_s']:,.0f} entries/s"
-            )
-        )
+        markdown.extend(_redis_lines(*redis))
     if kafka is not None:
         markdown.extend(_kafka_lines(kafka))
     markdown.append(SPARK_LINE)
     write_section("stream_stats", "\n".join(markdown))
     print("\n".join(markdown))
     shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+def _baseline(dataset: Path, events: int, rows: list[list]) -> dict:
+    """The exact per-event baseline's aggregation of the first ``events``, as a table row."""
+    code = (
+        "import json, time\n"
+        "from flows.stream_stats.sources.embedded import read_events\n"
+        "from flows.stream_stats.windows import WindowSpec\n"
+        "from flows.stream_stats.compute.baseline import baseline_aggregate\n"
+        f"events = read_events({str(dataset)!r})[:{events}]\n"
+        "t = time.perf_counter()\n"
+        "out = baseline_aggregate(events, WindowSpec(60000, 60000, 300000))\n"
+        "s = time.perf_counter() - t\n"
+        "print(json.dumps({'events': len(events), 'seconds': s, 'events_per_s': len(events)/s,"
+        " 'batch_s_max': s}))\n"
+    )
+    base = measure("baseline: per-event dict", python(code))
+    figures = _json(base.output)
+    rows.append(
+        [
+            "baseline: per-event Python dict (aggregation only)",
+            figures["events"],
+            figures["events_per_s"],
+            figures["batch_s_max"],
+            base.peak_rss_mb,
+            1.0,
+        ]
+    )
+    return figures
+
+
+def _consumer(rows: list[list], base_events_per_s: float):
+    """A function that runs the consume command on a source, adds its row, returns its figures."""
+
+    def consume(
+        label: str,
+        source: str,
+        backend: str = "cpu",
+        max_events: int | None = None,
+        command: list[str] | None = None,
+    ) -> dict:
+        sink = SCRATCH / f"{uuid.uuid4().hex[:6]}.duckdb"
+        run = measure(
+            label,
+            [
+                *(command or [sys.executable, "-m", "flows.stream_stats.consume"]),
+                "consume",
+                source,
+                str(sink),
+                *["--window", "1min", "--watermark", "5min", "--max-batch", "262144"],
+                *["--idle", "0.5", "--backend", backend, "--max-seconds", "600"],
+                # A stream's run stops at the count produced, as the bare consumer does,
+                # instead of waiting --idle for more (that wait is not reading).
+                *(["--max-events", str(max_events)] if max_events else []),
+            ],
+        )
+        figures = _json(run.output) | {"cpu_s": run.cpu_s}
+        rows.append(
+            [
+                label,
+                figures["events"],
+                figures["events_per_s"],
+                figures["batch_s_max"],
+                run.peak_rss_mb,
+                figures["events_per_s"] / base_events_per_s,
+            ]
+        )
+        return figures
+
+    return consume
+
+
+def _redis(args: argparse.Namespace, dataset: Path, consume) -> tuple[dict, dict, dict]:
+    """(ours end to end, the producer, the two readers alone) on a fresh Redis stream."""
+    import redis as redis_client
+
+    key = f"bench:stream-stats:{uuid.uuid4().hex[:8]}"
+    count = int(REDIS_EVENTS * args.scale)
+    produced = measure(
+        "producer",
+        [
+            *[sys.executable, "-m", "flows.stream_stats.producer", "produce", str(dataset)],
+            *["--redis", REDIS_URL, "--stream", key, "--max-events", str(count)],
+        ],
+    )
+    producer = _json(produced.output)
+    try:
+        ours = consume(
+            "ours: Redis stream end to end, CPU",
+            f"{REDIS_URL}?stream={key}&group=bench",
+            max_events=count,
+        )
+        readers = {
+            name: _json(
+                measure(
+                    f"reader {name}", [*python(READERS), REDIS_URL, key, str(count), name]
+                ).output
+            )
+            for name in ("hand", "redis-py")
+        }
+    finally:
+        redis_client.Redis.from_url(REDIS_URL).delete(key)
+    return ours, producer, readers
+
+
+def _redis_lines(ours: dict, producer: dict, readers: dict) -> list[str]:
+    """The Redis figures: end to end against the target, and the two readers alone."""
+    library = readers["redis-py"]
+    return [
+        f"- target >= 100,000 events/s end to end from Redis: "
+        f"{'met' if ours['events_per_s'] >= 1e5 else 'not met'} "
+        f"({ours['events_per_s']:,.0f}; producer {producer['events_per_s']:,.0f} events/s)",
+        f"- reading the same XREADGROUP batches of {READ_CHUNK:,} into event columns, no "
+        f"sink: the hand RESP reader {readers['hand']['events_per_s']:,.0f} entries/s, "
+        + (
+            "redis-py with hiredis not measured (pip install hiredis)"
+            if library.get("missing")
+            else f"redis-py with hiredis {library['events_per_s']:,.0f} entries/s"
+        ),
+    ]
 
 
 def _kafka_lines(kafka: dict[str, dict]) -> list[str]:
