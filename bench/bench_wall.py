@@ -327,6 +327,13 @@ def report(
         ),
     ]
     lines.append("")
+    lines += _summary_lines(rows, demo)
+    return "\n".join(lines)
+
+
+def _summary_lines(rows: list[dict], demo: list[tuple[str, float, float, str]]) -> list[str]:
+    """Per way: the fixed cost, the slot acquisitions and `make demo` against their targets."""
+    lines = []
     for way in WAYS:
         no_work = [r for r in rows if r["subject"] == "no_work" and r["way"] == way]
         if no_work:
@@ -350,7 +357,7 @@ def report(
                 + ", ".join(f"{w:.1f} s wall / {c:.1f} CPU-s (load {ld})" for _, w, c, ld in made)
                 + f" (target <= {DEMO_TARGET_S:.0f} s)"
             )
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
