@@ -157,10 +157,19 @@ def generate_block(world: World, file_index: int, block: int) -> dict[str, np.nd
     del record, words, low, high, category_index
 
     scenario = np.zeros(n, dtype=np.uint8)
-    _inject_fraud(
-        world, rng, ts, scenario, customer, device, merchant, category, channel, amount,
-        latitude, longitude,
-    )  # fmt: skip
+    rows = {
+        "ts": ts,
+        "customer_id": customer,
+        "device_id": device,
+        "merchant_id": merchant,
+        "merchant_category": category,
+        "channel": channel,
+        "amount": amount,
+        "latitude": latitude,
+        "longitude": longitude,
+        "fraud_scenario": scenario,
+    }
+    _inject_fraud(world, rng, rows)
     np.round(amount, 2, out=amount)
     np.maximum(amount, 0.01, out=amount)
     return {
@@ -183,22 +192,11 @@ def _is_night(ts_ms: np.ndarray) -> np.ndarray:
     return (ts_ms // HOUR_MS) % 24 < NIGHT_HOURS
 
 
-def _inject_fraud(
-    world: World,
-    rng: np.random.Generator,
-    ts: np.ndarray,
-    scenario: np.ndarray,
-    customer: np.ndarray,
-    device: np.ndarray,
-    merchant: np.ndarray,
-    category: np.ndarray,
-    channel: np.ndarray,
-    amount: np.ndarray,
-    latitude: np.ndarray,
-    longitude: np.ndarray,
-) -> None:
-    """Overwrite a few rows in place with the four fraud scenarios."""
-    n = ts.size
+def _inject_fraud(world: World, rng: np.random.Generator, rows: dict[str, np.ndarray]) -> None:
+    """Overwrite a few of ``rows`` (columns by name, changed in place) with the four fraud
+    scenarios. The scenarios draw from ``rng`` in a fixed order: the rows are a function of
+    the spec."""
+    n = rows["ts"].size
     rate = world.spec.fraud_rate
     if rate <= 0:
         return
@@ -213,59 +211,74 @@ def _inject_fraud(
     candidate = np.flatnonzero(draw < bounds[2] + start_p)
     candidate_draw = draw[candidate]
     del draw
-
-    outlier = candidate[candidate_draw < bounds[0]]
-    scenario[outlier] = 1
-    # Far above anything the customer normally spends (the simulators' threshold rule).
-    amount[outlier] = amount[outlier] * rng.uniform(6, 15, outlier.size) + 250
-
+    _outliers(rng, rows, candidate[candidate_draw < bounds[0]])
     stolen = candidate[(candidate_draw >= bounds[0]) & (candidate_draw < bounds[1])]
-    window = world.device_windows.pick(ts[stolen], rng.random(stolen.size))
-    scenario[stolen] = 2
-    device[stolen] = world.device_victims[window]
-    customer[stolen] = world.device_owners[window]
-    amount[stolen] *= rng.uniform(1.5, 4.0, stolen.size)
-    latitude[stolen] = world.window_lat[window] + rng.normal(0, 0.05, stolen.size)
-    longitude[stolen] = world.window_lon[window] + rng.normal(0, 0.05, stolen.size)
-
+    _stolen_devices(world, rng, rows, stolen)
     taken = candidate[(candidate_draw >= bounds[1]) & (candidate_draw < bounds[2])]
-    window = world.takeover_windows.pick(ts[taken], rng.random(taken.size))
-    scenario[taken] = 3
-    customer[taken] = world.takeover_victims[window]
-    device[taken] = world.takeover_devices[window]
-    channel[taken] = CHANNELS.index("online")
-    amount[taken] = world.takeover_amount[window] * rng.uniform(3, 8, taken.size)
-    latitude[taken] = world.window_lat[window] + rng.normal(0, 0.05, taken.size)
-    longitude[taken] = world.window_lon[window] + rng.normal(0, 0.05, taken.size)
+    _takeovers(world, rng, rows, taken)
+    _card_testing(world, rng, rows, candidate[candidate_draw >= bounds[2]])
 
-    # Card testing: bursts of tiny online payments from one stolen card, at night.
-    starts = candidate[candidate_draw >= bounds[2]]
+
+def _outliers(rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray) -> None:
+    rows["fraud_scenario"][at] = 1
+    # Far above anything the customer normally spends (the simulators' threshold rule).
+    amount = rows["amount"]
+    amount[at] = amount[at] * rng.uniform(6, 15, at.size) + 250
+
+
+def _stolen_devices(
+    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray
+) -> None:
+    window = world.device_windows.pick(rows["ts"][at], rng.random(at.size))
+    rows["fraud_scenario"][at] = 2
+    rows["device_id"][at] = world.device_victims[window]
+    rows["customer_id"][at] = world.device_owners[window]
+    rows["amount"][at] *= rng.uniform(1.5, 4.0, at.size)
+    rows["latitude"][at] = world.window_lat[window] + rng.normal(0, 0.05, at.size)
+    rows["longitude"][at] = world.window_lon[window] + rng.normal(0, 0.05, at.size)
+
+
+def _takeovers(
+    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray
+) -> None:
+    window = world.takeover_windows.pick(rows["ts"][at], rng.random(at.size))
+    rows["fraud_scenario"][at] = 3
+    rows["customer_id"][at] = world.takeover_victims[window]
+    rows["device_id"][at] = world.takeover_devices[window]
+    rows["channel"][at] = CHANNELS.index("online")
+    rows["amount"][at] = world.takeover_amount[window] * rng.uniform(3, 8, at.size)
+    rows["latitude"][at] = world.window_lat[window] + rng.normal(0, 0.05, at.size)
+    rows["longitude"][at] = world.window_lon[window] + rng.normal(0, 0.05, at.size)
+
+
+def _card_testing(
+    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], starts: np.ndarray
+) -> None:
+    """Bursts of tiny online payments from one stolen card, at night."""
+    ts = rows["ts"]
     starts = starts[_is_night(ts[starts])]
-    if starts.size:
-        lengths = rng.integers(BURST_MIN, BURST_MAX, starts.size)
-        burst = np.repeat(np.arange(starts.size), lengths)
-        rows = starts[burst] + (
-            np.arange(burst.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        )
-        inside = rows < n
-        rows, burst = rows[inside], burst[inside]
-        keep = _is_night(ts[rows])  # a burst stops at dawn
-        rows, burst = rows[keep], burst[keep]
-        victim = world.customer_pool[rng.integers(0, world.customer_pool.size, starts.size)]
-        fraud_device = world.fraud_device_first + rng.integers(
-            0, world.fraud_device_count, starts.size
-        )
-        target = world.online_merchants[rng.integers(0, world.online_merchants.size, starts.size)]
-        where_lat, where_lon = uniform_points(rng, starts.size)
-        scenario[rows] = 4
-        customer[rows] = victim[burst]
-        device[rows] = fraud_device[burst]
-        merchant[rows] = target[burst]
-        category[rows] = world.merchant_category[target[burst]]
-        channel[rows] = CHANNELS.index("online")
-        amount[rows] = rng.uniform(0.5, 5.0, rows.size)
-        latitude[rows] = where_lat[burst]
-        longitude[rows] = where_lon[burst]
+    if not starts.size:
+        return
+    lengths = rng.integers(BURST_MIN, BURST_MAX, starts.size)
+    burst = np.repeat(np.arange(starts.size), lengths)
+    at = starts[burst] + (np.arange(burst.size) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    inside = at < ts.size
+    at, burst = at[inside], burst[inside]
+    keep = _is_night(ts[at])  # a burst stops at dawn
+    at, burst = at[keep], burst[keep]
+    victim = world.customer_pool[rng.integers(0, world.customer_pool.size, starts.size)]
+    fraud_device = world.fraud_device_first + rng.integers(0, world.fraud_device_count, starts.size)
+    target = world.online_merchants[rng.integers(0, world.online_merchants.size, starts.size)]
+    where_lat, where_lon = uniform_points(rng, starts.size)
+    rows["fraud_scenario"][at] = 4
+    rows["customer_id"][at] = victim[burst]
+    rows["device_id"][at] = fraud_device[burst]
+    rows["merchant_id"][at] = target[burst]
+    rows["merchant_category"][at] = world.merchant_category[target[burst]]
+    rows["channel"][at] = CHANNELS.index("online")
+    rows["amount"][at] = rng.uniform(0.5, 5.0, at.size)
+    rows["latitude"][at] = where_lat[burst]
+    rows["longitude"][at] = where_lon[burst]
 
 
 def blocks_in_file(spec: DatasetSpec, index: int) -> int:
