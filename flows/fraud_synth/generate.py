@@ -156,23 +156,7 @@ def generate_block(world: World, file_index: int, block: int) -> dict[str, np.nd
     longitude = record[:, 1] + noise.take(_bits(high, 8 + 2 * NORMAL_BITS, NORMAL_BITS))
     del record, words, low, high, category_index
 
-    scenario = np.zeros(n, dtype=np.uint8)
-    rows = {
-        "ts": ts,
-        "customer_id": customer,
-        "device_id": device,
-        "merchant_id": merchant,
-        "merchant_category": category,
-        "channel": channel,
-        "amount": amount,
-        "latitude": latitude,
-        "longitude": longitude,
-        "fraud_scenario": scenario,
-    }
-    _inject_fraud(world, rng, rows)
-    np.round(amount, 2, out=amount)
-    np.maximum(amount, 0.01, out=amount)
-    return {
+    columns = {
         "transaction_id": row,
         "ts": ts,
         "customer_id": customer,
@@ -183,9 +167,15 @@ def generate_block(world: World, file_index: int, block: int) -> dict[str, np.nd
         "amount": amount,
         "latitude": latitude,
         "longitude": longitude,
-        "is_fraud": scenario != 0,
-        "fraud_scenario": scenario,
+        "fraud_scenario": np.zeros(n, dtype=np.uint8),
     }
+    _inject_fraud(world, rng, columns)
+    np.round(amount, 2, out=amount)
+    np.maximum(amount, 0.01, out=amount)
+    scenario = columns.pop("fraud_scenario")  # re-added after is_fraud: the schema's order
+    columns["is_fraud"] = scenario != 0
+    columns["fraud_scenario"] = scenario
+    return columns
 
 
 def _is_night(ts_ms: np.ndarray) -> np.ndarray:
@@ -213,9 +203,8 @@ def _inject_fraud(world: World, rng: np.random.Generator, rows: dict[str, np.nda
     del draw
     _outliers(rng, rows, candidate[candidate_draw < bounds[0]])
     stolen = candidate[(candidate_draw >= bounds[0]) & (candidate_draw < bounds[1])]
-    _stolen_devices(world, rng, rows, stolen)
     taken = candidate[(candidate_draw >= bounds[1]) & (candidate_draw < bounds[2])]
-    _takeovers(world, rng, rows, taken)
+    _window_frauds(world, rng, rows, stolen, taken)
     _card_testing(world, rng, rows, candidate[candidate_draw >= bounds[2]])
 
 
@@ -226,27 +215,42 @@ def _outliers(rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndar
     amount[at] = amount[at] * rng.uniform(6, 15, at.size) + 250
 
 
-def _stolen_devices(
-    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray
+def _window_frauds(
+    world: World,
+    rng: np.random.Generator,
+    rows: dict[str, np.ndarray],
+    stolen: np.ndarray,
+    taken: np.ndarray,
 ) -> None:
-    window = world.device_windows.pick(rows["ts"][at], rng.random(at.size))
-    rows["fraud_scenario"][at] = 2
-    rows["device_id"][at] = world.device_victims[window]
-    rows["customer_id"][at] = world.device_owners[window]
-    rows["amount"][at] *= rng.uniform(1.5, 4.0, at.size)
-    rows["latitude"][at] = world.window_lat[window] + rng.normal(0, 0.05, at.size)
-    rows["longitude"][at] = world.window_lon[window] + rng.normal(0, 0.05, at.size)
+    """Stolen devices (``stolen``) and account takeovers (``taken``): each row takes the
+    victim, the device and the place of the fraud window it falls in."""
+    window = _in_window(world.device_windows, rng, rows, stolen, 2)
+    rows["device_id"][stolen] = world.device_victims[window]
+    rows["customer_id"][stolen] = world.device_owners[window]
+    rows["amount"][stolen] *= rng.uniform(1.5, 4.0, stolen.size)
+    _near_window(world, rng, rows, stolen, window)
+
+    window = _in_window(world.takeover_windows, rng, rows, taken, 3)
+    rows["customer_id"][taken] = world.takeover_victims[window]
+    rows["device_id"][taken] = world.takeover_devices[window]
+    rows["channel"][taken] = CHANNELS.index("online")
+    rows["amount"][taken] = world.takeover_amount[window] * rng.uniform(3, 8, taken.size)
+    _near_window(world, rng, rows, taken, window)
 
 
-def _takeovers(
-    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray
+def _in_window(
+    windows: Any, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray, code: int
+) -> np.ndarray:
+    """Mark the rows ``at`` as scenario ``code``; the window each falls in (by its time)."""
+    window = windows.pick(rows["ts"][at], rng.random(at.size))
+    rows["fraud_scenario"][at] = code
+    return window
+
+
+def _near_window(
+    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray, window: Any
 ) -> None:
-    window = world.takeover_windows.pick(rows["ts"][at], rng.random(at.size))
-    rows["fraud_scenario"][at] = 3
-    rows["customer_id"][at] = world.takeover_victims[window]
-    rows["device_id"][at] = world.takeover_devices[window]
-    rows["channel"][at] = CHANNELS.index("online")
-    rows["amount"][at] = world.takeover_amount[window] * rng.uniform(3, 8, at.size)
+    """The rows ``at`` take place near their window's location."""
     rows["latitude"][at] = world.window_lat[window] + rng.normal(0, 0.05, at.size)
     rows["longitude"][at] = world.window_lon[window] + rng.normal(0, 0.05, at.size)
 

@@ -116,6 +116,19 @@ def train_model(
     }
 
 
+def train_model_task(
+    features_dir: str,
+    model_path: str,
+    train_end_ms: int,
+    model_params: dict[str, Any],
+    seed: int,
+    fingerprint: str,
+    rows_sampled: int = 1_000_000,
+) -> dict[str, Any]:
+    """:func:`train_model` under the cap of the guarded child (fingerprint: cache key)."""
+    return train_model(features_dir, model_path, train_end_ms, model_params, seed, rows_sampled)
+
+
 def _training_counts(con: Any, train: dict[str, Any]) -> tuple[int, int]:
     """(rows, fraud rows) before the end of training; BadInput when too few are fraud."""
     train_rows, train_fraud = con.execute(
@@ -196,19 +209,6 @@ def _fit(
     with threadpool_limits(limits=threads):
         model.fit(matrix, labels, sample_weight=weights)
     return model
-
-
-def train_model_task(
-    features_dir: str,
-    model_path: str,
-    train_end_ms: int,
-    model_params: dict[str, Any],
-    seed: int,
-    fingerprint: str,
-    rows_sampled: int = 1_000_000,
-) -> dict[str, Any]:
-    """:func:`train_model` under the cap of the guarded child (fingerprint: cache key)."""
-    return train_model(features_dir, model_path, train_end_ms, model_params, seed, rows_sampled)
 
 
 def recall_at_alert_rate(scores: Any, alert_rate: float, ids: Any = None) -> tuple[Any, int]:
