@@ -72,9 +72,9 @@ log = logging.getLogger(__name__)
 GENERATOR = "fraud_synth/2"
 BLOCK_ROWS = 65_536
 CHECKSUM_PREFIX = "xxh3_128:"
-"""Content checksums are XXH3-128 of the canonical column bytes: 22 GB/s here against
-SHA-256's 1.7 GB/s, which took 13 % of a writer's CPU. They detect change; they are not a
-defence against someone forging a file."""
+"""Content checksums are XXH3-128 of the canonical column bytes: an order of magnitude
+faster than SHA-256, which cost a writer a noticeable share of its CPU. They detect change;
+they are not a defence against someone forging a file."""
 
 
 def write_reference_tables(out: str, spec: dict[str, Any]) -> dict[str, int]:
@@ -94,7 +94,7 @@ def write_reference_tables(out: str, spec: dict[str, Any]) -> dict[str, int]:
                 filesystem=storage.filesystem,
                 compression=world.spec.compression,
                 # Dictionary-encoding the ids and floats only grows hash tables that
-                # overflow anyway: 60 MiB more peak and bigger files (measured).
+                # overflow anyway: a higher peak and bigger files.
                 use_dictionary=["profile", "kind", "merchant_category"],
             )
         counts[name] = table.num_rows
@@ -116,7 +116,7 @@ def generate_block(world: World, file_index: int, block: int) -> dict[str, np.nd
     """Columns of one block: the dictionary columns as uint8 codes into the fixed values.
 
     Every per-row choice is cut from two raw 64-bit words a row and made by table lookup:
-    the generator's bounded and normal draws cost 3-6 times as much (measured).
+    the generator's bounded and normal draws cost several times as much.
     """
     spec = world.spec
     first = spec.first_row(file_index) + block * BLOCK_ROWS
@@ -397,22 +397,22 @@ _DELTA_COLUMNS = ("transaction_id", "ts", "customer_id", "device_id", "merchant_
 def writer_options(compression: str) -> dict[str, Any]:
     """ParquetWriter options shared by the generator and the encode-only benchmark."""
     return {
-        # The delta-packed columns are dense bits already: zstd over them saves 0.4 % of the
-        # file and costs 10 % of the encoding time (measured), so they stay uncompressed.
+        # The delta-packed columns are dense bits already: zstd over them saves next to
+        # nothing of the file and costs encoding time, so they stay uncompressed.
         "compression": {
             name: "none" if name in _DELTA_COLUMNS else compression
             for name in transaction_schema().names
         },
         "use_dictionary": list(DICTIONARY_COLUMNS),
         # Ids and times only grow, so deltas pack into a few bits; the random ids still pack
-        # tighter and faster than plain + zstd (measured: 196 vs 276 ns a row).
+        # tighter and faster than plain + zstd.
         "column_encoding": {name: "DELTA_BINARY_PACKED" for name in _DELTA_COLUMNS},
         "write_statistics": ["transaction_id", "ts"],  # readers prune by time
     }
 
 
 def _release_freed_memory() -> None:
-    """Give the heap that building the world freed back to the OS (glibc keeps it: ~20 MiB)."""
+    """Give the heap that building the world freed back to the OS (glibc keeps it)."""
     import ctypes
 
     try:
