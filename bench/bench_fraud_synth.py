@@ -119,72 +119,10 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(SCRATCH, ignore_errors=True)
     SCRATCH.mkdir(parents=True)
-    state = Path(tempfile.mkdtemp(prefix="state-", dir=SCRATCH))
-    env = {
-        "PREFECT_HOME": str(state / "prefect"),
-        # Unset, not empty: Prefect 3.8 takes an empty URL for "none" over HTTP, but its
-        # events worker then fails, and every task-run state event is dropped.
-        "PREFECT_API_URL": None,
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "HEADROOM_STATE_DIR": str(state / "headroom"),
-        "HEADROOM_MEMORY_LIMIT": "4GiB",
-    }
     rows: list[list[object]] = []
-    baseline_n = int(BASELINE_ROWS * args.scale)
-    base = measure("baseline", python(BASELINE) + [str(baseline_n), str(SCRATCH / "base.parquet")])
-    base_rate = baseline_n / base.cpu_s
-    rows.append(
-        ["baseline: dicts -> DataFrame -> to_parquet", f"{baseline_n:,}", base.wall_s,
-         base.cpu_s, base_rate, 1.0, base.peak_rss_mb]
-    )  # fmt: skip
-    print(f"baseline {base_rate:,.0f}/s per core, peak {base.peak_rss_mb:.0f} MiB", flush=True)
-
-    encode_n = int(ENCODE_ROWS * args.scale)
-    ipc = SCRATCH / "batches.arrow"
-    prepared = measure("prepare", python(PREPARE) + [str(encode_n), str(ipc)])
-    assert prepared.returncode == 0, prepared.output
-    encode = measure("encode", python(ENCODE) + [str(ipc), str(SCRATCH / "encode.parquet")])
-    encode_rate = _json(encode.output)["rows"] / encode.cpu_s
-    ipc.unlink()
-    rows.append(
-        ["encode-only bound: Arrow batches -> ParquetWriter (zstd)", f"{encode_n:,}",
-         encode.wall_s, encode.cpu_s, encode_rate, encode_rate / base_rate, encode.peak_rss_mb]
-    )  # fmt: skip
-    print(f"encode {encode_rate:,.0f}/s per core", flush=True)
-
-    ours = []
-    for size_gb in SIZES_GB:
-        size = f"{size_gb * args.scale:g}GB"
-        out = SCRATCH / f"ours-{size}"
-        run = measure(f"ours {size}", python(OURS) + [size, str(out)], env=env, timeout_s=1800)
-        assert run.returncode == 0, run.output[-3000:]
-        figures = _json(run.output)
-        rate = figures["rows"] / run.cpu_s
-        ours.append((size, figures, run, rate))
-        rows.append(
-            [f"ours: generate_fraud_dataset {size}, 2 workers ({figures['files']} files, "
-             f"{figures['bytes'] / 1e9:.2f} GB)", f"{figures['rows']:,}", run.wall_s, run.cpu_s,
-             rate, rate / base_rate, run.peak_rss_mb]
-        )  # fmt: skip
-        print(f"ours {size}: {rate:,.0f}/s per core, peak {run.peak_rss_mb:.0f} MiB", flush=True)
-        shutil.rmtree(out, ignore_errors=True)
-
-    best = max(rate for *_, rate in ours)
-    peaks = [run.peak_rss_mb for _, _, run, _ in ours]
-    flat = max(peaks) <= min(peaks) * 1.15
-    targets = [
-        ["transactions/s per core (largest run)", f"{ours[-1][3]:,.0f}", ">= 1,000,000",
-         _met(ours[-1][3] >= 1e6)],
-        ["ours / encode-only bound", f"{best / encode_rate:.2f}", ">= 0.8",
-         _met(best / encode_rate >= 0.8)],
-        ["ours / baseline", f"{best / base_rate:.0f}x", ">= 30x", _met(best / base_rate >= 30)],
-        ["peak RSS across sizes", " / ".join(f"{p:.0f}" for p in peaks) + " MiB", "flat",
-         _met(flat)],
-        ["peak RSS at 2 workers", f"{max(peaks):.0f} MiB", f"<= {PEAK_TARGET_MB} MB",
-         _met(max(peaks) * 1.048576 <= PEAK_TARGET_MB)],
-    ]  # fmt: skip
+    base_rate = _baseline(args.scale, rows)
+    encode_rate = _encode_bound(args.scale, base_rate, rows)
+    ours = _ours(args.scale, _flow_env(), base_rate, rows)
     section = "\n\n".join(
         [
             "## fraud_synth (issue 4)",
@@ -203,7 +141,7 @@ def main() -> None:
                 ],
                 rows,
             ),  # fmt: skip
-            table(["target", "measured", "wanted", ""], targets),
+            table(["target", "measured", "wanted", ""], _targets(ours, encode_rate, base_rate)),
             _marginal(ours, encode_rate, base_rate),
         ]
     )
@@ -211,6 +149,92 @@ def main() -> None:
     shutil.rmtree(SCRATCH, ignore_errors=True)
     if not args.no_write:
         write_section("fraud_synth", section)
+
+
+def _flow_env() -> dict[str, str | None]:
+    """The flow's environment: its own Prefect home and headroom state under the scratch."""
+    state = Path(tempfile.mkdtemp(prefix="state-", dir=SCRATCH))
+    return {
+        "PREFECT_HOME": str(state / "prefect"),
+        # Unset, not empty: Prefect 3.8 takes an empty URL for "none" over HTTP, but its
+        # events worker then fails, and every task-run state event is dropped.
+        "PREFECT_API_URL": None,
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "HEADROOM_STATE_DIR": str(state / "headroom"),
+        "HEADROOM_MEMORY_LIMIT": "4GiB",
+    }
+
+
+def _baseline(scale: float, rows: list[list[object]]) -> float:
+    """Run the dicts -> DataFrame baseline; append its row and return its rate per core."""
+    baseline_n = int(BASELINE_ROWS * scale)
+    base = measure("baseline", python(BASELINE) + [str(baseline_n), str(SCRATCH / "base.parquet")])
+    base_rate = baseline_n / base.cpu_s
+    rows.append(
+        ["baseline: dicts -> DataFrame -> to_parquet", f"{baseline_n:,}", base.wall_s,
+         base.cpu_s, base_rate, 1.0, base.peak_rss_mb]
+    )  # fmt: skip
+    print(f"baseline {base_rate:,.0f}/s per core, peak {base.peak_rss_mb:.0f} MiB", flush=True)
+    return base_rate
+
+
+def _encode_bound(scale: float, base_rate: float, rows: list[list[object]]) -> float:
+    """Run the encode-only bound; append its row and return its rate per core."""
+    encode_n = int(ENCODE_ROWS * scale)
+    ipc = SCRATCH / "batches.arrow"
+    prepared = measure("prepare", python(PREPARE) + [str(encode_n), str(ipc)])
+    assert prepared.returncode == 0, prepared.output
+    encode = measure("encode", python(ENCODE) + [str(ipc), str(SCRATCH / "encode.parquet")])
+    encode_rate = _json(encode.output)["rows"] / encode.cpu_s
+    ipc.unlink()
+    rows.append(
+        ["encode-only bound: Arrow batches -> ParquetWriter (zstd)", f"{encode_n:,}",
+         encode.wall_s, encode.cpu_s, encode_rate, encode_rate / base_rate, encode.peak_rss_mb]
+    )  # fmt: skip
+    print(f"encode {encode_rate:,.0f}/s per core", flush=True)
+    return encode_rate
+
+
+def _ours(
+    scale: float, env: dict[str, str | None], base_rate: float, rows: list[list[object]]
+) -> list:
+    """Run the flow at each size; append a row each and return (size, figures, run, rate)."""
+    ours = []
+    for size_gb in SIZES_GB:
+        size = f"{size_gb * scale:g}GB"
+        out = SCRATCH / f"ours-{size}"
+        run = measure(f"ours {size}", python(OURS) + [size, str(out)], env=env, timeout_s=1800)
+        assert run.returncode == 0, run.output[-3000:]
+        figures = _json(run.output)
+        rate = figures["rows"] / run.cpu_s
+        ours.append((size, figures, run, rate))
+        rows.append(
+            [f"ours: generate_fraud_dataset {size}, 2 workers ({figures['files']} files, "
+             f"{figures['bytes'] / 1e9:.2f} GB)", f"{figures['rows']:,}", run.wall_s, run.cpu_s,
+             rate, rate / base_rate, run.peak_rss_mb]
+        )  # fmt: skip
+        print(f"ours {size}: {rate:,.0f}/s per core, peak {run.peak_rss_mb:.0f} MiB", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    return ours
+
+
+def _targets(ours: list, encode_rate: float, base_rate: float) -> list[list[str]]:
+    best = max(rate for *_, rate in ours)
+    peaks = [run.peak_rss_mb for _, _, run, _ in ours]
+    flat = max(peaks) <= min(peaks) * 1.15
+    return [
+        ["transactions/s per core (largest run)", f"{ours[-1][3]:,.0f}", ">= 1,000,000",
+         _met(ours[-1][3] >= 1e6)],
+        ["ours / encode-only bound", f"{best / encode_rate:.2f}", ">= 0.8",
+         _met(best / encode_rate >= 0.8)],
+        ["ours / baseline", f"{best / base_rate:.0f}x", ">= 30x", _met(best / base_rate >= 30)],
+        ["peak RSS across sizes", " / ".join(f"{p:.0f}" for p in peaks) + " MiB", "flat",
+         _met(flat)],
+        ["peak RSS at 2 workers", f"{max(peaks):.0f} MiB", f"<= {PEAK_TARGET_MB} MB",
+         _met(max(peaks) * 1.048576 <= PEAK_TARGET_MB)],
+    ]  # fmt: skip
 
 
 def _marginal(ours: list, encode_rate: float, base_rate: float) -> str:

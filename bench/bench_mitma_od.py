@@ -271,48 +271,85 @@ def main(argv: list[str] | None = None) -> int:
         f"(generated in {data['seconds']} s)",
         flush=True,
     )
+    results = _run_subjects(args.mirror, args.days, data["rows"], args.skip_pandas_15)
+    section = report(results, data, args.days, rows_per_file)
+    print(section)
+    if not args.no_write:
+        write_section("mitma_od", section)
+    shutil.rmtree(SCRATCH / "runs", ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(args.mirror, ignore_errors=True)
+    return 0
+
+
+Result = tuple[Measurement, int | None, str]
+
+
+def _record(
+    label: str, argv: list[str], expected_rows: int, env: dict[str, str] | None = None
+) -> Result:
+    """Measure one subject in a fresh runs directory: (measurement, rows loaded, note)."""
     runs = SCRATCH / "runs"
-    results: list[tuple[Measurement, int | None, str]] = []
-
-    def record(label: str, argv_: list[str], env: dict[str, str] | None = None) -> None:
-        shutil.rmtree(runs, ignore_errors=True)
-        runs.mkdir(parents=True)
-        measurement = measure(label, argv_, env=env, timeout_s=900)
-        rows = next(
-            (
-                int(line.split()[1])
-                for line in measurement.output.splitlines()
-                if line.startswith("ROWS ")
-            ),
-            None,
-        )
-        note = ""
-        if "ABORTED" in measurement.output:
-            note = f"stopped above {PANDAS_ABORT_MB:,} MiB (the seed's DAG was SIGKILLed)"
-        elif measurement.returncode != 0:
-            note = f"failed (exit {measurement.returncode})"
-        elif rows != data["rows"]:
-            note = f"loaded {rows} rows, expected {data['rows']}"
-        results.append((measurement, rows, note))
-        print(
-            f"{label}: wall {measurement.wall_s:.1f} s, cpu {measurement.cpu_s:.1f} s, "
-            f"peak {measurement.peak_rss_mb:,.0f} MiB {note}",
-            flush=True,
-        )
-
-    database = runs / "od.duckdb"
-    if not args.skip_pandas_15:
-        record(
-            "pandas read_csv, pool 15",
-            _subject("pandas", args.mirror, args.days, database, "--pool", "15"),
-        )
-    record(
-        "pandas read_csv, pool 3 (memory_limit 2GB, threads 2)",
-        _subject("pandas", args.mirror, args.days, database, "--pool", "3"),
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True)
+    measurement = measure(label, argv, env=env, timeout_s=900)
+    rows = next(
+        (
+            int(line.split()[1])
+            for line in measurement.output.splitlines()
+            if line.startswith("ROWS ")
+        ),
+        None,
     )
-    record(
-        "bare DuckDB read_csv, one process", _subject("duckdb", args.mirror, args.days, database)
+    note = ""
+    if "ABORTED" in measurement.output:
+        note = f"stopped above {PANDAS_ABORT_MB:,} MiB (the seed's DAG was SIGKILLed)"
+    elif measurement.returncode != 0:
+        note = f"failed (exit {measurement.returncode})"
+    elif rows != expected_rows:
+        note = f"loaded {rows} rows, expected {expected_rows}"
+    print(
+        f"{label}: wall {measurement.wall_s:.1f} s, cpu {measurement.cpu_s:.1f} s, "
+        f"peak {measurement.peak_rss_mb:,.0f} MiB {note}",
+        flush=True,
     )
+    return measurement, rows, note
+
+
+def _run_subjects(
+    mirror: Path, days: int, expected_rows: int, skip_pandas_15: bool
+) -> list[Result]:
+    """Measure every subject, one after another, each loading into a fresh database."""
+    database = SCRATCH / "runs" / "od.duckdb"
+    results: list[Result] = []
+    if not skip_pandas_15:
+        results.append(
+            _record(
+                "pandas read_csv, pool 15",
+                _subject("pandas", mirror, days, database, "--pool", "15"),
+                expected_rows,
+            )
+        )
+    results.append(
+        _record(
+            "pandas read_csv, pool 3 (memory_limit 2GB, threads 2)",
+            _subject("pandas", mirror, days, database, "--pool", "3"),
+            expected_rows,
+        )
+    )
+    results.append(
+        _record(
+            "bare DuckDB read_csv, one process",
+            _subject("duckdb", mirror, days, database),
+            expected_rows,
+        )
+    )
+    results.append(_record_ours(mirror, days, database, expected_rows))
+    return results
+
+
+def _record_ours(mirror: Path, days: int, database: Path, expected_rows: int) -> Result:
+    """Measure the flow against its own Prefect server, outside the measured tree."""
     # A fresh server database each run: a run killed with its server (Ctrl-C here) leaves its
     # flow run Running and its slots held in the old one, which would stall this run.
     shutil.rmtree(SCRATCH / "prefect", ignore_errors=True)
@@ -331,25 +368,15 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
         )
         shutil.rmtree(SCRATCH / "state", ignore_errors=True)
-        record(
+        return _record(
             f"ours: ingest_mitma_od, max_workers 15, budget {BUDGET}",
-            _subject("ours", args.mirror, args.days, database),
+            _subject("ours", mirror, days, database),
+            expected_rows,
             env=env,
         )
 
-    section = report(results, data, args.days, rows_per_file)
-    print(section)
-    if not args.no_write:
-        write_section("mitma_od", section)
-    shutil.rmtree(runs, ignore_errors=True)
-    if not args.keep:
-        shutil.rmtree(args.mirror, ignore_errors=True)
-    return 0
 
-
-def report(
-    results: list[tuple[Measurement, int | None, str]], data: dict, days: int, rows_per_file: int
-) -> str:
+def report(results: list[Result], data: dict, days: int, rows_per_file: int) -> str:
     """The BENCHMARKS.md section."""
     from headroom import parse_size
 

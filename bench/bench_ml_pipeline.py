@@ -73,79 +73,15 @@ def run_xcom(dataset: str) -> dict[str, Any]:
     """The Airflow-XCom way on Prefect: whole tables as records through persisted results."""
     from prefect import flow, task
 
-    # Persisted under the run's id, as XCom keeps a value per task instance (no input hashing).
-    xcom = task(persist_result=True, result_storage_key="xcom-{task_run.id}")
+    def xcom(fn: Any, name: str) -> Any:
+        # Persisted under the run's id, as XCom keeps a value per task instance (no input
+        # hashing).
+        return task(fn, name=name, persist_result=True, result_storage_key="xcom-{task_run.id}")
 
-    @xcom
-    def load(dataset: str) -> list[dict[str, Any]]:
-        import pandas as pd
-        import pyarrow.parquet as pq
-
-        from flows.ml_pipeline import dataset as ml_dataset
-
-        manifest = ml_dataset.read_manifest(dataset)
-        frames = [
-            pq.read_table(Path(dataset, f["path"])).to_pandas()
-            for f in ml_dataset.ordered_files(manifest)
-        ]
-        frame = pd.concat(frames, ignore_index=True)
-        frame["t"] = frame["ts"].dt.as_unit("ms").astype("int64")
-        for name in ("merchant_category", "channel", "fraud_scenario"):
-            frame[name] = frame[name].astype(str)
-        return frame.drop(columns=["ts"]).to_dict("records")
-
-    @xcom
-    def features(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        import numpy as np
-        import pandas as pd
-
-        frame = pd.DataFrame(records).sort_values(["t", "transaction_id"], ignore_index=True)
-        frame["when"] = pd.to_datetime(frame["t"], unit="ms")
-        for key, short in (("customer_id", "cust"), ("device_id", "dev")):
-            grouped = frame.set_index("when").groupby(key)["amount"]
-            for window in ("1h", "24h", "7D"):
-                rolled = grouped.rolling(window)
-                counts = rolled.count().reset_index(level=0, drop=True)
-                sums = rolled.sum().reset_index(level=0, drop=True)
-                order = frame.sort_values(key, kind="stable").index
-                frame.loc[order, f"{short}_tx_{window}"] = counts.to_numpy()
-                frame.loc[order, f"{short}_amount_{window}"] = sums.to_numpy()
-            frame[f"secs_since_{short}_prev"] = frame.groupby(key)["t"].diff() / 1000.0
-        by_customer = frame.groupby("customer_id")["amount"]
-        earlier = by_customer.cumsum() - frame["amount"]
-        frame["amount_vs_usual"] = frame["amount"] * by_customer.cumcount() / earlier
-        frame["is_night"] = ((frame["t"] // 3_600_000) % 24 < 6).astype(int)
-        frame["log_amount"] = np.log1p(frame["amount"].clip(lower=0))
-        return frame.drop(columns=["when"]).to_dict("records")
-
-    @xcom
-    def train(records: list[dict[str, Any]], split: float) -> dict[str, Any]:
-        import pandas as pd
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
-        frame = pd.DataFrame(records)
-        cut = frame["t"].quantile(split)
-        columns = [c for c in frame.columns if c.startswith(("cust_", "dev_", "secs_"))]
-        columns += ["amount", "log_amount", "is_night", "amount_vs_usual"]
-        train_rows = frame[frame["t"] < cut]
-        model = HistGradientBoostingClassifier(**MODEL, early_stopping=False, random_state=0)
-        model.fit(train_rows[columns].to_numpy(float), train_rows["is_fraud"].to_numpy(bool))
-        test = frame[frame["t"] >= cut]
-        return {"model": model, "columns": columns, "test": test.to_dict("records")}
-
-    @xcom
-    def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
-        import pandas as pd
-        from sklearn.metrics import average_precision_score, roc_auc_score
-
-        test = pd.DataFrame(trained["test"])
-        scores = trained["model"].predict_proba(test[trained["columns"]].to_numpy(float))[:, 1]
-        labels = test["is_fraud"].to_numpy(bool)
-        return {
-            "pr_auc": float(average_precision_score(labels, scores)),
-            "roc_auc": float(roc_auc_score(labels, scores)),
-            "scores": scores.tolist(),
-        }
+    load = xcom(_xcom_load, "load")
+    features = xcom(_xcom_features, "features")
+    train = xcom(_xcom_train, "train")
+    evaluate = xcom(_xcom_evaluate, "evaluate")
 
     @flow(name="xcom-fraud-model")
     def xcom_pipeline(dataset: str) -> dict[str, Any]:
@@ -153,6 +89,81 @@ def run_xcom(dataset: str) -> dict[str, Any]:
         return {"pr_auc": metrics["pr_auc"], "roc_auc": metrics["roc_auc"]}
 
     return xcom_pipeline(dataset)
+
+
+def _xcom_load(dataset: str) -> list[dict[str, Any]]:
+    """The dataset's files as one table of records."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from flows.ml_pipeline import dataset as ml_dataset
+
+    manifest = ml_dataset.read_manifest(dataset)
+    frames = [
+        pq.read_table(Path(dataset, f["path"])).to_pandas()
+        for f in ml_dataset.ordered_files(manifest)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    frame["t"] = frame["ts"].dt.as_unit("ms").astype("int64")
+    for name in ("merchant_category", "channel", "fraud_scenario"):
+        frame[name] = frame[name].astype(str)
+    return frame.drop(columns=["ts"]).to_dict("records")
+
+
+def _xcom_features(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with rolling per-customer and per-device features, in pandas."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(records).sort_values(["t", "transaction_id"], ignore_index=True)
+    frame["when"] = pd.to_datetime(frame["t"], unit="ms")
+    for key, short in (("customer_id", "cust"), ("device_id", "dev")):
+        grouped = frame.set_index("when").groupby(key)["amount"]
+        for window in ("1h", "24h", "7D"):
+            rolled = grouped.rolling(window)
+            counts = rolled.count().reset_index(level=0, drop=True)
+            sums = rolled.sum().reset_index(level=0, drop=True)
+            order = frame.sort_values(key, kind="stable").index
+            frame.loc[order, f"{short}_tx_{window}"] = counts.to_numpy()
+            frame.loc[order, f"{short}_amount_{window}"] = sums.to_numpy()
+        frame[f"secs_since_{short}_prev"] = frame.groupby(key)["t"].diff() / 1000.0
+    by_customer = frame.groupby("customer_id")["amount"]
+    earlier = by_customer.cumsum() - frame["amount"]
+    frame["amount_vs_usual"] = frame["amount"] * by_customer.cumcount() / earlier
+    frame["is_night"] = ((frame["t"] // 3_600_000) % 24 < 6).astype(int)
+    frame["log_amount"] = np.log1p(frame["amount"].clip(lower=0))
+    return frame.drop(columns=["when"]).to_dict("records")
+
+
+def _xcom_train(records: list[dict[str, Any]], split: float) -> dict[str, Any]:
+    """A model trained on the early part; the later part kept as records to test on."""
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    frame = pd.DataFrame(records)
+    cut = frame["t"].quantile(split)
+    columns = [c for c in frame.columns if c.startswith(("cust_", "dev_", "secs_"))]
+    columns += ["amount", "log_amount", "is_night", "amount_vs_usual"]
+    train_rows = frame[frame["t"] < cut]
+    model = HistGradientBoostingClassifier(**MODEL, early_stopping=False, random_state=0)
+    model.fit(train_rows[columns].to_numpy(float), train_rows["is_fraud"].to_numpy(bool))
+    test = frame[frame["t"] >= cut]
+    return {"model": model, "columns": columns, "test": test.to_dict("records")}
+
+
+def _xcom_evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+    """PR-AUC and ROC-AUC of the model on the test records."""
+    import pandas as pd
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    test = pd.DataFrame(trained["test"])
+    scores = trained["model"].predict_proba(test[trained["columns"]].to_numpy(float))[:, 1]
+    labels = test["is_fraud"].to_numpy(bool)
+    return {
+        "pr_auc": float(average_precision_score(labels, scores)),
+        "roc_auc": float(roc_auc_score(labels, scores)),
+        "scores": scores.tolist(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +218,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
     args = parser.parse_args(argv)
 
-    from bench.common import table, write_section
+    from bench.common import write_section
+
+    dataset = _generate(args.transactions, args.files)
+    try:
+        measured = _measure_subjects(dataset, args.ml_cap)
+    finally:
+        if not args.keep:
+            shutil.rmtree(SCRATCH, ignore_errors=True)
+    markdown = _section(measured, args.transactions, args.files, args.ml_cap)
+    print(markdown)
+    if not args.no_write:
+        write_section("ml_pipeline", markdown)
+
+
+def _generate(transactions: int, files: int) -> Path:
+    """A fresh fraud_synth dataset under the scratch directory."""
     from flows.fraud_synth.generate import generate_dataset_local
 
     SCRATCH.mkdir(parents=True, exist_ok=True)
@@ -216,74 +242,67 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     generate_dataset_local(
         dataset,
-        transactions=args.transactions,
+        transactions=transactions,
         seed=1,
         start="2024-01-01",
         end="2024-03-31",
-        files=args.files,
+        files=files,
     )
-    print(f"dataset: {args.transactions:,} transactions in {time.monotonic() - started:.1f} s")
-    try:
-        idle, idle_bytes, _ = _measure("idle", [])
-        print(f"idle: {idle.peak_rss_mb:.0f} MiB, {idle.wall_s:.1f} s")
-        limits = {"HEADROOM_LIMITS": str(_limits_with_ml_cap(args.ml_cap))}
-        ours, ours_bytes, ours_out = _measure(
-            "ours", [str(dataset), str(SCRATCH / "ours-registry")], limits
-        )
-        print(
-            f"ours: {ours.peak_rss_mb:.0f} MiB, {ours.wall_s:.1f} s, {ours_bytes:,} B, {ours_out}"
-        )
-        xcom, xcom_bytes, xcom_out = _measure("xcom", [str(dataset)])
-        print(
-            f"xcom: {xcom.peak_rss_mb:.0f} MiB, {xcom.wall_s:.1f} s, {xcom_bytes:,} B, {xcom_out}"
-        )
-    finally:
-        if not args.keep:
-            shutil.rmtree(SCRATCH, ignore_errors=True)
+    print(f"dataset: {transactions:,} transactions in {time.monotonic() - started:.1f} s")
+    return dataset
 
+
+Measured = dict[str, tuple[Any, int, dict[str, Any]]]
+
+
+def _measure_subjects(dataset: Path, ml_cap: str) -> Measured:
+    """Each subject's (measurement, result storage bytes, result), idle first."""
+    idle = _measure("idle", [])
+    print(f"idle: {idle[0].peak_rss_mb:.0f} MiB, {idle[0].wall_s:.1f} s")
+    limits = {"HEADROOM_LIMITS": str(_limits_with_ml_cap(ml_cap))}
+    ours = _measure("ours", [str(dataset), str(SCRATCH / "ours-registry")], limits)
+    print(f"ours: {ours[0].peak_rss_mb:.0f} MiB, {ours[0].wall_s:.1f} s, {ours[1]:,} B, {ours[2]}")
+    xcom = _measure("xcom", [str(dataset)])
+    print(f"xcom: {xcom[0].peak_rss_mb:.0f} MiB, {xcom[0].wall_s:.1f} s, {xcom[1]:,} B, {xcom[2]}")
+    return {"idle": idle, "ours": ours, "xcom": xcom}
+
+
+def _section(measured: Measured, transactions: int, files: int, ml_cap: str) -> str:
+    """The BENCHMARKS.md section."""
+    from bench.common import table
+
+    (idle, idle_bytes, _), (ours, ours_bytes, ours_out), (xcom, xcom_bytes, xcom_out) = (
+        measured["idle"],
+        measured["ours"],
+        measured["xcom"],
+    )
     above_ours = max(1.0, ours.peak_rss_mb - idle.peak_rss_mb)
     above_xcom = xcom.peak_rss_mb - idle.peak_rss_mb
     ratio = above_xcom / above_ours
     rows = [
         ["idle orchestrator (1 trivial task)", idle.peak_rss_mb, "-", idle_bytes, idle.wall_s, "-"],
-        [
-            "XCom way (records as results)",
-            xcom.peak_rss_mb,
-            above_xcom,
-            xcom_bytes,
-            xcom.wall_s,
-            f"{xcom_out['pr_auc']:.3f}",
-        ],
-        [
-            "headroom (paths, budgeted steps)",
-            ours.peak_rss_mb,
-            above_ours,
-            ours_bytes,
-            ours.wall_s,
-            f"{ours_out['pr_auc']:.3f}",
-        ],
-    ]
+        ["XCom way (records as results)", xcom.peak_rss_mb, above_xcom, xcom_bytes, xcom.wall_s,
+         f"{xcom_out['pr_auc']:.3f}"],
+        ["headroom (paths, budgeted steps)", ours.peak_rss_mb, above_ours, ours_bytes, ours.wall_s,
+         f"{ours_out['pr_auc']:.3f}"],
+    ]  # fmt: skip
     targets = [
         ["result storage <= 1 MB", f"{ours_bytes:,} B", _met(ours_bytes <= 1_000_000)],
-        [
-            ">= 10x less peak memory above the idle orchestrator",
-            f"{ratio:.1f}x",
-            _met(ratio >= 10),
-        ],
+        [">= 10x less peak memory above the idle orchestrator", f"{ratio:.1f}x", _met(ratio >= 10)],
         ["<= 1 GB peak overall", f"{ours.peak_rss_mb:,.0f} MiB", _met(ours.peak_rss_mb <= 953.7)],
-    ]
+    ]  # fmt: skip
     size_note = (
         ""
-        if args.transactions >= 1_000_000
+        if transactions >= 1_000_000
         else " (scaled down from the issue's 1 M: `--transactions 1000000` for the full size)"
     )
-    markdown = "\n\n".join(
+    return "\n\n".join(
         [
             "## ML pipeline: paths vs XCom-style records",
-            f"{args.transactions:,} fraud_synth transactions in {args.files} files{size_note}; "
+            f"{transactions:,} fraud_synth transactions in {files} files{size_note}; "
             f"HistGradientBoosting {MODEL}; whole process tree incl. the ephemeral Prefect "
             f"server; ratio above idle = XCom / headroom = {ratio:.1f}x. headroom's ML tasks run "
-            f"under a cap of {args.ml_cap} each (`--ml-cap`): the chunk sizes (feature batch, "
+            f"under a cap of {ml_cap} each (`--ml-cap`): the chunk sizes (feature batch, "
             "training sample, scoring batch) follow the cap, and an attempt that outgrows it is "
             "killed by the guard and retried with a smaller chunk. The XCom subject runs the "
             "same steps in pandas with a subset of the features.",
@@ -301,9 +320,6 @@ def main(argv: list[str] | None = None) -> None:
             table(["target (issue 8)", "measured", "status"], targets),
         ]
     )
-    print(markdown)
-    if not args.no_write:
-        write_section("ml_pipeline", markdown)
 
 
 def _met(ok: bool) -> str:

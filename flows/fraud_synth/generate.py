@@ -72,9 +72,9 @@ log = logging.getLogger(__name__)
 GENERATOR = "fraud_synth/2"
 BLOCK_ROWS = 65_536
 CHECKSUM_PREFIX = "xxh3_128:"
-"""Content checksums are XXH3-128 of the canonical column bytes: 22 GB/s here against
-SHA-256's 1.7 GB/s, which took 13 % of a writer's CPU. They detect change; they are not a
-defence against someone forging a file."""
+"""Content checksums are XXH3-128 of the canonical column bytes: an order of magnitude
+faster than SHA-256, which cost a writer a noticeable share of its CPU. They detect change;
+they are not a defence against someone forging a file."""
 
 
 def write_reference_tables(out: str, spec: dict[str, Any]) -> dict[str, int]:
@@ -94,7 +94,7 @@ def write_reference_tables(out: str, spec: dict[str, Any]) -> dict[str, int]:
                 filesystem=storage.filesystem,
                 compression=world.spec.compression,
                 # Dictionary-encoding the ids and floats only grows hash tables that
-                # overflow anyway: 60 MiB more peak and bigger files (measured).
+                # overflow anyway: a higher peak and bigger files.
                 use_dictionary=["profile", "kind", "merchant_category"],
             )
         counts[name] = table.num_rows
@@ -116,7 +116,7 @@ def generate_block(world: World, file_index: int, block: int) -> dict[str, np.nd
     """Columns of one block: the dictionary columns as uint8 codes into the fixed values.
 
     Every per-row choice is cut from two raw 64-bit words a row and made by table lookup:
-    the generator's bounded and normal draws cost 3-6 times as much (measured).
+    the generator's bounded and normal draws cost several times as much.
     """
     spec = world.spec
     first = spec.first_row(file_index) + block * BLOCK_ROWS
@@ -156,14 +156,7 @@ def generate_block(world: World, file_index: int, block: int) -> dict[str, np.nd
     longitude = record[:, 1] + noise.take(_bits(high, 8 + 2 * NORMAL_BITS, NORMAL_BITS))
     del record, words, low, high, category_index
 
-    scenario = np.zeros(n, dtype=np.uint8)
-    _inject_fraud(
-        world, rng, ts, scenario, customer, device, merchant, category, channel, amount,
-        latitude, longitude,
-    )  # fmt: skip
-    np.round(amount, 2, out=amount)
-    np.maximum(amount, 0.01, out=amount)
-    return {
+    columns = {
         "transaction_id": row,
         "ts": ts,
         "customer_id": customer,
@@ -174,31 +167,26 @@ def generate_block(world: World, file_index: int, block: int) -> dict[str, np.nd
         "amount": amount,
         "latitude": latitude,
         "longitude": longitude,
-        "is_fraud": scenario != 0,
-        "fraud_scenario": scenario,
+        "fraud_scenario": np.zeros(n, dtype=np.uint8),
     }
+    _inject_fraud(world, rng, columns)
+    np.round(amount, 2, out=amount)
+    np.maximum(amount, 0.01, out=amount)
+    scenario = columns.pop("fraud_scenario")  # re-added after is_fraud: the schema's order
+    columns["is_fraud"] = scenario != 0
+    columns["fraud_scenario"] = scenario
+    return columns
 
 
 def _is_night(ts_ms: np.ndarray) -> np.ndarray:
     return (ts_ms // HOUR_MS) % 24 < NIGHT_HOURS
 
 
-def _inject_fraud(
-    world: World,
-    rng: np.random.Generator,
-    ts: np.ndarray,
-    scenario: np.ndarray,
-    customer: np.ndarray,
-    device: np.ndarray,
-    merchant: np.ndarray,
-    category: np.ndarray,
-    channel: np.ndarray,
-    amount: np.ndarray,
-    latitude: np.ndarray,
-    longitude: np.ndarray,
-) -> None:
-    """Overwrite a few rows in place with the four fraud scenarios."""
-    n = ts.size
+def _inject_fraud(world: World, rng: np.random.Generator, rows: dict[str, np.ndarray]) -> None:
+    """Overwrite a few of ``rows`` (columns by name, changed in place) with the four fraud
+    scenarios. The scenarios draw from ``rng`` in a fixed order: the rows are a function of
+    the spec."""
+    n = rows["ts"].size
     rate = world.spec.fraud_rate
     if rate <= 0:
         return
@@ -213,59 +201,88 @@ def _inject_fraud(
     candidate = np.flatnonzero(draw < bounds[2] + start_p)
     candidate_draw = draw[candidate]
     del draw
-
-    outlier = candidate[candidate_draw < bounds[0]]
-    scenario[outlier] = 1
-    # Far above anything the customer normally spends (the simulators' threshold rule).
-    amount[outlier] = amount[outlier] * rng.uniform(6, 15, outlier.size) + 250
-
+    _outliers(rng, rows, candidate[candidate_draw < bounds[0]])
     stolen = candidate[(candidate_draw >= bounds[0]) & (candidate_draw < bounds[1])]
-    window = world.device_windows.pick(ts[stolen], rng.random(stolen.size))
-    scenario[stolen] = 2
-    device[stolen] = world.device_victims[window]
-    customer[stolen] = world.device_owners[window]
-    amount[stolen] *= rng.uniform(1.5, 4.0, stolen.size)
-    latitude[stolen] = world.window_lat[window] + rng.normal(0, 0.05, stolen.size)
-    longitude[stolen] = world.window_lon[window] + rng.normal(0, 0.05, stolen.size)
-
     taken = candidate[(candidate_draw >= bounds[1]) & (candidate_draw < bounds[2])]
-    window = world.takeover_windows.pick(ts[taken], rng.random(taken.size))
-    scenario[taken] = 3
-    customer[taken] = world.takeover_victims[window]
-    device[taken] = world.takeover_devices[window]
-    channel[taken] = CHANNELS.index("online")
-    amount[taken] = world.takeover_amount[window] * rng.uniform(3, 8, taken.size)
-    latitude[taken] = world.window_lat[window] + rng.normal(0, 0.05, taken.size)
-    longitude[taken] = world.window_lon[window] + rng.normal(0, 0.05, taken.size)
+    _window_frauds(world, rng, rows, stolen, taken)
+    _card_testing(world, rng, rows, candidate[candidate_draw >= bounds[2]])
 
-    # Card testing: bursts of tiny online payments from one stolen card, at night.
-    starts = candidate[candidate_draw >= bounds[2]]
+
+def _outliers(rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray) -> None:
+    rows["fraud_scenario"][at] = 1
+    # Far above anything the customer normally spends (the simulators' threshold rule).
+    amount = rows["amount"]
+    amount[at] = amount[at] * rng.uniform(6, 15, at.size) + 250
+
+
+def _window_frauds(
+    world: World,
+    rng: np.random.Generator,
+    rows: dict[str, np.ndarray],
+    stolen: np.ndarray,
+    taken: np.ndarray,
+) -> None:
+    """Stolen devices (``stolen``) and account takeovers (``taken``): each row takes the
+    victim, the device and the place of the fraud window it falls in."""
+    window = _in_window(world.device_windows, rng, rows, stolen, 2)
+    rows["device_id"][stolen] = world.device_victims[window]
+    rows["customer_id"][stolen] = world.device_owners[window]
+    rows["amount"][stolen] *= rng.uniform(1.5, 4.0, stolen.size)
+    _near_window(world, rng, rows, stolen, window)
+
+    window = _in_window(world.takeover_windows, rng, rows, taken, 3)
+    rows["customer_id"][taken] = world.takeover_victims[window]
+    rows["device_id"][taken] = world.takeover_devices[window]
+    rows["channel"][taken] = CHANNELS.index("online")
+    rows["amount"][taken] = world.takeover_amount[window] * rng.uniform(3, 8, taken.size)
+    _near_window(world, rng, rows, taken, window)
+
+
+def _in_window(
+    windows: Any, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray, code: int
+) -> np.ndarray:
+    """Mark the rows ``at`` as scenario ``code``; the window each falls in (by its time)."""
+    window = windows.pick(rows["ts"][at], rng.random(at.size))
+    rows["fraud_scenario"][at] = code
+    return window
+
+
+def _near_window(
+    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], at: np.ndarray, window: Any
+) -> None:
+    """The rows ``at`` take place near their window's location."""
+    rows["latitude"][at] = world.window_lat[window] + rng.normal(0, 0.05, at.size)
+    rows["longitude"][at] = world.window_lon[window] + rng.normal(0, 0.05, at.size)
+
+
+def _card_testing(
+    world: World, rng: np.random.Generator, rows: dict[str, np.ndarray], starts: np.ndarray
+) -> None:
+    """Bursts of tiny online payments from one stolen card, at night."""
+    ts = rows["ts"]
     starts = starts[_is_night(ts[starts])]
-    if starts.size:
-        lengths = rng.integers(BURST_MIN, BURST_MAX, starts.size)
-        burst = np.repeat(np.arange(starts.size), lengths)
-        rows = starts[burst] + (
-            np.arange(burst.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        )
-        inside = rows < n
-        rows, burst = rows[inside], burst[inside]
-        keep = _is_night(ts[rows])  # a burst stops at dawn
-        rows, burst = rows[keep], burst[keep]
-        victim = world.customer_pool[rng.integers(0, world.customer_pool.size, starts.size)]
-        fraud_device = world.fraud_device_first + rng.integers(
-            0, world.fraud_device_count, starts.size
-        )
-        target = world.online_merchants[rng.integers(0, world.online_merchants.size, starts.size)]
-        where_lat, where_lon = uniform_points(rng, starts.size)
-        scenario[rows] = 4
-        customer[rows] = victim[burst]
-        device[rows] = fraud_device[burst]
-        merchant[rows] = target[burst]
-        category[rows] = world.merchant_category[target[burst]]
-        channel[rows] = CHANNELS.index("online")
-        amount[rows] = rng.uniform(0.5, 5.0, rows.size)
-        latitude[rows] = where_lat[burst]
-        longitude[rows] = where_lon[burst]
+    if not starts.size:
+        return
+    lengths = rng.integers(BURST_MIN, BURST_MAX, starts.size)
+    burst = np.repeat(np.arange(starts.size), lengths)
+    at = starts[burst] + (np.arange(burst.size) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    inside = at < ts.size
+    at, burst = at[inside], burst[inside]
+    keep = _is_night(ts[at])  # a burst stops at dawn
+    at, burst = at[keep], burst[keep]
+    victim = world.customer_pool[rng.integers(0, world.customer_pool.size, starts.size)]
+    fraud_device = world.fraud_device_first + rng.integers(0, world.fraud_device_count, starts.size)
+    target = world.online_merchants[rng.integers(0, world.online_merchants.size, starts.size)]
+    where_lat, where_lon = uniform_points(rng, starts.size)
+    rows["fraud_scenario"][at] = 4
+    rows["customer_id"][at] = victim[burst]
+    rows["device_id"][at] = fraud_device[burst]
+    rows["merchant_id"][at] = target[burst]
+    rows["merchant_category"][at] = world.merchant_category[target[burst]]
+    rows["channel"][at] = CHANNELS.index("online")
+    rows["amount"][at] = rng.uniform(0.5, 5.0, at.size)
+    rows["latitude"][at] = where_lat[burst]
+    rows["longitude"][at] = where_lon[burst]
 
 
 def blocks_in_file(spec: DatasetSpec, index: int) -> int:
@@ -380,22 +397,22 @@ _DELTA_COLUMNS = ("transaction_id", "ts", "customer_id", "device_id", "merchant_
 def writer_options(compression: str) -> dict[str, Any]:
     """ParquetWriter options shared by the generator and the encode-only benchmark."""
     return {
-        # The delta-packed columns are dense bits already: zstd over them saves 0.4 % of the
-        # file and costs 10 % of the encoding time (measured), so they stay uncompressed.
+        # The delta-packed columns are dense bits already: zstd over them saves next to
+        # nothing of the file and costs encoding time, so they stay uncompressed.
         "compression": {
             name: "none" if name in _DELTA_COLUMNS else compression
             for name in transaction_schema().names
         },
         "use_dictionary": list(DICTIONARY_COLUMNS),
         # Ids and times only grow, so deltas pack into a few bits; the random ids still pack
-        # tighter and faster than plain + zstd (measured: 196 vs 276 ns a row).
+        # tighter and faster than plain + zstd.
         "column_encoding": {name: "DELTA_BINARY_PACKED" for name in _DELTA_COLUMNS},
         "write_statistics": ["transaction_id", "ts"],  # readers prune by time
     }
 
 
 def _release_freed_memory() -> None:
-    """Give the heap that building the world freed back to the OS (glibc keeps it: ~20 MiB)."""
+    """Give the heap that building the world freed back to the OS (glibc keeps it)."""
     import ctypes
 
     try:

@@ -67,8 +67,6 @@ def train_model(
     """Fit HistGradientBoosting on rows before ``train_end_ms``: every fraud row (up to half the
     sample) plus a hashed sample of genuine rows, weighted back to the true class ratio."""
     import numpy as np
-    import pyarrow as pa
-    from sklearn.ensemble import HistGradientBoostingClassifier
 
     started = time.monotonic()
     cap = step_cap_mb(cap_mb)
@@ -77,77 +75,25 @@ def train_model(
     con = connect_duckdb(cap / 2, str(scratch))
     try:
         train = {"parts": parts, "end": int(train_end_ms)}
-        train_rows, train_fraud = con.execute(
-            "SELECT count(*), count(*) FILTER (is_fraud) FROM read_parquet($parts) "
-            "WHERE ts_ms < $end",
-            train,
-        ).fetchall()[0]
-        if train_fraud < MIN_TRAIN_FRAUD:
-            raise BadInput(
-                f"train_end={iso(train_end_ms)}: only {train_fraud} fraud rows before it "
-                f"(need {MIN_TRAIN_FRAUD}); move train_end later"
-            )
+        train_rows, train_fraud = _training_counts(con, train)
         genuine = train_rows - train_fraud
         fraud_share = min(1.0, (rows_sampled / 2) / train_fraud)
         genuine_share = min(
             1.0, max(0, rows_sampled - min(train_fraud, rows_sampled // 2)) / genuine
         )
-        categories = {
-            name: sorted(
-                v[0]
-                for v in con.execute(
-                    f"SELECT DISTINCT {name} FROM read_parquet($parts) "
-                    f"WHERE ts_ms < $end AND {name} IS NOT NULL",
-                    train,
-                ).fetchall()
-            )
-            for name in CATEGORICAL
-        }
-        # A hash of (id, seed) picks the sample: the same rows whatever the thread count.
-        pick = "(hash(transaction_id, $seed) % 1000000) / 1000000.0"
-        sample = f"""FROM read_parquet($parts) WHERE ts_ms < $end
-            AND ((is_fraud AND {pick} < $fraud_share)
-                 OR (NOT is_fraud AND {pick} < $genuine_share))"""
+        categories = _categories(con, train)
         drawn = {
             **train,
             "seed": int(seed),
             "fraud_share": float(fraud_share),
             "genuine_share": float(genuine_share),
         }
-        (count,) = con.execute(f"SELECT count(*) {sample}", drawn).fetchall()[0]
-        # The matrix is filled batch by batch: the sample is never held twice.
-        matrix = np.empty((count, len(FEATURES)), dtype=np.float64)
-        labels = np.empty(count, dtype=bool)
-        columns = ", ".join(["transaction_id", "is_fraud", *FEATURES])
-        reader = con.sql(
-            f"SELECT {columns} {sample} ORDER BY transaction_id", params=drawn
-        ).to_arrow_reader(65_536)
-        filled = 0
-        for batch in reader:
-            rows = batch.num_rows
-            table = pa.Table.from_batches([batch])
-            matrix[filled : filled + rows] = _encode(table, categories)
-            labels[filled : filled + rows] = table.column("is_fraud").to_numpy().astype(bool)
-            filled += rows
-        if filled != count:
-            raise RuntimeError(f"sampled {filled} rows, counted {count}")
+        matrix, labels = _sample_matrix(con, drawn, categories)
     finally:
         con.close()
         shutil.rmtree(scratch, ignore_errors=True)
     weights = np.where(labels, 1.0 / fraud_share, 1.0 / genuine_share)
-    model = HistGradientBoostingClassifier(
-        **model_params,
-        categorical_features=[len(NUMERIC_FEATURES) + i for i in range(len(CATEGORICAL))],
-        early_stopping=False,
-        random_state=seed,
-    )
-    from threadpoolctl import threadpool_limits
-
-    # OpenMP threads that find their cores busy spin and slow the fit down several times (seen
-    # here: 1 thread 1.5 s, 2 threads 4.6 s on a shared 2-core machine): use half the cores.
-    threads = max(1, min(duckdb_threads(cap), (os.cpu_count() or 1) // 2))
-    with threadpool_limits(limits=threads):
-        model.fit(matrix, labels, sample_weight=weights)
+    model = _fit(matrix, labels, weights, model_params, seed, cap)
     bundle = {
         "model": model,
         "features": list(FEATURES),
@@ -181,6 +127,88 @@ def train_model_task(
 ) -> dict[str, Any]:
     """:func:`train_model` under the cap of the guarded child (fingerprint: cache key)."""
     return train_model(features_dir, model_path, train_end_ms, model_params, seed, rows_sampled)
+
+
+def _training_counts(con: Any, train: dict[str, Any]) -> tuple[int, int]:
+    """(rows, fraud rows) before the end of training; BadInput when too few are fraud."""
+    train_rows, train_fraud = con.execute(
+        "SELECT count(*), count(*) FILTER (is_fraud) FROM read_parquet($parts) WHERE ts_ms < $end",
+        train,
+    ).fetchall()[0]
+    if train_fraud < MIN_TRAIN_FRAUD:
+        raise BadInput(
+            f"train_end={iso(train['end'])}: only {train_fraud} fraud rows before it "
+            f"(need {MIN_TRAIN_FRAUD}); move train_end later"
+        )
+    return train_rows, train_fraud
+
+
+def _categories(con: Any, train: dict[str, Any]) -> dict[str, list[str]]:
+    """The vocabulary of each categorical feature in the training period, sorted."""
+    return {
+        name: sorted(
+            v[0]
+            for v in con.execute(
+                f"SELECT DISTINCT {name} FROM read_parquet($parts) "
+                f"WHERE ts_ms < $end AND {name} IS NOT NULL",
+                train,
+            ).fetchall()
+        )
+        for name in CATEGORICAL
+    }
+
+
+def _sample_matrix(
+    con: Any, drawn: dict[str, Any], categories: dict[str, list[str]]
+) -> tuple[Any, Any]:
+    """(model matrix, labels) of the training sample ``drawn`` describes, in id order."""
+    import numpy as np
+    import pyarrow as pa
+
+    # A hash of (id, seed) picks the sample: the same rows whatever the thread count.
+    pick = "(hash(transaction_id, $seed) % 1000000) / 1000000.0"
+    sample = f"""FROM read_parquet($parts) WHERE ts_ms < $end
+        AND ((is_fraud AND {pick} < $fraud_share)
+             OR (NOT is_fraud AND {pick} < $genuine_share))"""
+    (count,) = con.execute(f"SELECT count(*) {sample}", drawn).fetchall()[0]
+    # The matrix is filled batch by batch: the sample is never held twice.
+    matrix = np.empty((count, len(FEATURES)), dtype=np.float64)
+    labels = np.empty(count, dtype=bool)
+    columns = ", ".join(["transaction_id", "is_fraud", *FEATURES])
+    reader = con.sql(
+        f"SELECT {columns} {sample} ORDER BY transaction_id", params=drawn
+    ).to_arrow_reader(65_536)
+    filled = 0
+    for batch in reader:
+        rows = batch.num_rows
+        table = pa.Table.from_batches([batch])
+        matrix[filled : filled + rows] = _encode(table, categories)
+        labels[filled : filled + rows] = table.column("is_fraud").to_numpy().astype(bool)
+        filled += rows
+    if filled != count:
+        raise RuntimeError(f"sampled {filled} rows, counted {count}")
+    return matrix, labels
+
+
+def _fit(
+    matrix: Any, labels: Any, weights: Any, model_params: dict[str, Any], seed: int, cap: float
+) -> Any:
+    """The fitted classifier, on half the cores at most."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    model = HistGradientBoostingClassifier(
+        **model_params,
+        categorical_features=[len(NUMERIC_FEATURES) + i for i in range(len(CATEGORICAL))],
+        early_stopping=False,
+        random_state=seed,
+    )
+    # OpenMP threads that find their cores busy spin and slow the fit down several times on a
+    # shared machine: half the cores leaves room for the other tasks.
+    threads = max(1, min(duckdb_threads(cap), (os.cpu_count() or 1) // 2))
+    with threadpool_limits(limits=threads):
+        model.fit(matrix, labels, sample_weight=weights)
+    return model
 
 
 def recall_at_alert_rate(scores: Any, alert_rate: float, ids: Any = None) -> tuple[Any, int]:

@@ -12,14 +12,14 @@ from flows.ml_pipeline.schema import FEATURES, MODEL_NAME, PIPELINE_VERSION
 
 
 def model_card(
-    version: str,
+    registration: dict[str, Any],
     health: dict[str, Any],
     metrics: dict[str, Any],
     training: dict[str, Any],
-    params: dict[str, Any],
-    split: dict[str, str],
 ) -> str:
-    """The model card: data, split, parameters, metrics overall and per fraud scenario."""
+    """The model card: data, split, parameters, metrics overall and per fraud scenario.
+    ``registration`` gives the version, parameters and split."""
+    version, params, split = (registration[k] for k in ("version", "params", "split"))
     lines = [
         f"# Fraud model {version}",
         "",
@@ -88,16 +88,12 @@ def register_model(
     storage = open_storage(out)
     prefix = f"{MODEL_NAME}/{version}"
     storage.put_file(model_path, f"{prefix}/model.pkl")
-    card = model_card(version, health, metrics, training, params, split)
     storage.write_json(f"{prefix}/metrics.json", metrics)
     storage.write_json(f"{prefix}/features.json", {"features": list(FEATURES)})
     storage.write_json(
         f"{prefix}/fingerprint.json",
         {k: health[k] for k in ("dataset", "fingerprint", "files", "rows", "bytes", "seed")},
     )
-    with storage.atomic_output(f"{prefix}/MODEL_CARD.md") as temporary:
-        with storage.filesystem.open_output_stream(temporary) as sink:
-            sink.write(card.encode())
     registration = {
         "name": MODEL_NAME,
         "version": version,
@@ -115,6 +111,10 @@ def register_model(
         "split": split,
         "pipeline": PIPELINE_VERSION,
     }
+    card = model_card(registration, health, metrics, training)
+    with storage.atomic_output(f"{prefix}/MODEL_CARD.md") as temporary:
+        with storage.filesystem.open_output_stream(temporary) as sink:
+            sink.write(card.encode())
     storage.write_json(f"{prefix}/registration.json", registration)
     storage.write_json(f"{MODEL_NAME}/latest.json", {"version": version, "path": prefix})
     return {

@@ -62,23 +62,7 @@ class EventBatch:
         """The events whose stream ID is above ``last`` (already applied ones dropped)."""
         hi, lo = last
         keep = (self.id_hi > hi) | ((self.id_hi == hi) & (self.id_lo > lo))
-        if keep.all():
-            return self
-        return EventBatch(
-            self.id_hi[keep],
-            self.id_lo[keep],
-            self.ts[keep],
-            self.customer_id[keep],
-            self.amount[keep],
-            self.is_fraud[keep],
-            {k: (codes[keep], labels) for k, (codes, labels) in self.keys.items()},
-            ack=self.ack,
-            ack_replies=self.ack_replies,
-            rejects=self.rejects,
-            last=self.last_id(),
-            transaction_id=None if self.transaction_id is None else self.transaction_id[keep],
-            offsets=self.offsets,
-        )
+        return self._keeping(keep, last=self.last_id())
 
     def after_offsets(self, offsets: dict[int, int]) -> EventBatch:
         """The events at or past the sink's next offset of their partition."""
@@ -89,20 +73,20 @@ class EventBatch:
             if partition < len(floor):
                 floor[partition] = offset
         keep = self.id_lo >= floor[self.id_hi]
+        return self._keeping(keep, last=self.last)
+
+    def _keeping(self, keep: np.ndarray, last: tuple[int, int] | None) -> EventBatch:
+        """The events where ``keep`` is true (this batch when all are), with this batch's
+        acknowledgement, rejects and offsets; ``last``: the stream ID the result reaches."""
         if keep.all():
             return self
         return EventBatch(
-            self.id_hi[keep],
-            self.id_lo[keep],
-            self.ts[keep],
-            self.customer_id[keep],
-            self.amount[keep],
-            self.is_fraud[keep],
+            *(getattr(self, name)[keep] for name in _EVENT_COLUMNS),
             {k: (codes[keep], labels) for k, (codes, labels) in self.keys.items()},
             ack=self.ack,
             ack_replies=self.ack_replies,
             rejects=self.rejects,
-            last=self.last,
+            last=last,
             transaction_id=None if self.transaction_id is None else self.transaction_id[keep],
             offsets=self.offsets,
         )

@@ -11,9 +11,8 @@ server, which reports its exit status here.
 
 A module whose import leaves more than one thread in the server (numpy's BLAS pool, say)
 is never forked from: the server says so and exits, and that module's calls use spares.
-``HEADROOM_FORK_SERVERS=0`` (formerly ``HEADROOM_FORK_CHILDREN``, still read) turns fork
-servers off. A waiting server holds its interpreter and the module's imports outside any cap,
-as a spare does.
+``HEADROOM_FORK_SERVERS=0`` turns fork servers off. A waiting server holds its interpreter and
+the module's imports outside any cap, as a spare does.
 """
 
 from __future__ import annotations
@@ -29,15 +28,13 @@ import threading
 import uuid
 
 ENV_FORK = "HEADROOM_FORK_SERVERS"
-ENV_FORK_FORMER = "HEADROOM_FORK_CHILDREN"
-"""The variable's former name, still read when the new one is not set."""
 # A server that has not answered a call by then is taken as gone; the call starts a child.
 REPLY_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 120.0
 
 
 def enabled() -> bool:
-    value = os.environ.get(ENV_FORK, os.environ.get(ENV_FORK_FORMER, ""))
+    value = os.environ.get(ENV_FORK, "")
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 

@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,26 @@ def sink_lock(sink: str | os.PathLike[str]) -> Iterator[None]:
                 f"sink {sink} is in use by another stream_stats consumer (lock {path})"
             ) from None
         yield
+
+
+@dataclass
+class _Change:
+    """What one micro-batch changes in the sink, committed in one transaction."""
+
+    fresh: EventBatch  # the batch's events not applied before
+    batch: EventBatch
+    skipped: int
+    backend: str
+    started: float
+    new_max: int = NO_TS
+    new_wm: int = NO_TS
+    late_events: int = 0
+    groups: int = 0
+    late: Any = None  # rows of stream_late, or None
+    closed_parts: list[Any] = field(default_factory=list)
+    dirty: set[tuple[int, tuple[str, ...]]] = field(default_factory=set)
+    closing: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    still_open: list[OpenWindow] = field(default_factory=list)
 
 
 class StreamState:
@@ -156,166 +177,129 @@ class StreamState:
 
     def apply(self, batch: EventBatch, backend: str = "cpu", reduce: Any = None) -> dict[str, Any]:
         """Fold one micro-batch into the windows and commit it with its last stream ID."""
-        import pyarrow as pa
-
         started = time.perf_counter()
-        spec = self.spec
         fresh = (
             batch.after(self.last_id)
             if batch.offsets is None
             else batch.after_offsets(self.offsets)
         )
         skipped = len(batch) - len(fresh)
-        rejects = batch.rejects
-        if len(fresh) == 0 and not rejects:
+        if len(fresh) == 0 and not batch.rejects:
             return {"events": 0, "late": 0, "skipped": skipped, "seconds": 0.0, "groups": 0}
+        change = _Change(fresh, batch, skipped, backend, started)
+        self._fold(change, reduce)
+        window_ms = self.spec.window_ms
+        change.closing = [k for k in self.open if k[0] + window_ms <= change.new_wm]
+        if change.closing:
+            closed = [self.open[k] for k in change.closing]
+            change.closed_parts.append(self._open_rows(closed, final=True))
+        change.still_open = [self.open[k] for k in change.dirty if k[0] + window_ms > change.new_wm]
+        self._commit(change)
+        for key in change.closing:
+            del self.open[key]
+        return {
+            "events": len(fresh),
+            "late": change.late_events,
+            "skipped": skipped,
+            "rejected": len(batch.rejects),
+            "groups": change.groups,
+            "closed": sum(len(t) for t in change.closed_parts),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def _fold(self, change: _Change, reduce: Any) -> None:
+        """Assign the fresh events to windows: late ones counted, the others reduced per
+        (window, key) group and folded into ``change``."""
+        spec = self.spec
+        fresh = change.fresh
         ts = fresh.ts
         wm = watermark_before(ts, self.max_ts, spec.watermark_ms)
         event, starts = assign_windows(ts, spec)
-        ends = starts + spec.window_ms
-        accepted = ends > wm[event]
+        accepted = starts + spec.window_ms > wm[event]
         combo, decode = fresh.key_combos(spec.keys)
         n_combo = max(1, len(decode))
         late_mask = ~accepted
-        late_events = int(np.unique(event[late_mask]).size) if late_mask.any() else 0
-        new_max = max(self.max_ts, int(ts.max())) if len(ts) else self.max_ts
-        new_wm = NO_TS if new_max == NO_TS else new_max - spec.watermark_ms
-
-        tables: dict[str, pa.Table] = {}
+        change.late_events = int(np.unique(event[late_mask]).size) if late_mask.any() else 0
+        change.new_max = max(self.max_ts, int(ts.max())) if len(ts) else self.max_ts
+        change.new_wm = NO_TS if change.new_max == NO_TS else change.new_max - spec.watermark_ms
         if late_mask.any():
             late_gid = (starts[late_mask] // spec.slide_ms) * n_combo + combo[event[late_mask]]
             ids, counts = np.unique(late_gid, return_counts=True)
-            tables["late"] = self._rows(ids, n_combo, decode, {"late_events": counts})
-
-        closed_parts: list[pa.Table] = []
-        dirty: set[tuple[int, tuple[str, ...]]] = set()
-        groups = 0
+            change.late = self._rows(ids, n_combo, decode, {"late_events": counts})
         if accepted.any():
             idx = event[accepted]
             gid = (starts[accepted] // spec.slide_ms) * n_combo + combo[idx]
             reducer = reduce or reduce_groups
             red = reducer(gid, fresh.amount[idx], fresh.customer_id[idx], fresh.is_fraud[idx])
-            groups = len(red.gids)
-            g_start = (red.gids // n_combo) * spec.slide_ms
-            g_end = g_start + spec.window_ms
-            stateful = g_end > new_wm
-            if self.open:
-                stateful |= np.isin(red.gids, self._open_gids(decode, n_combo))
-            exact = ~stateful
-            if exact.any():
-                sel = np.flatnonzero(exact)
-                counts = red.counts[sel]
-                closed_parts.append(
-                    self._rows(
-                        red.gids[sel],
-                        n_combo,
-                        decode,
-                        {
-                            "events": counts,
-                            "amount_sum": red.sums[sel],
-                            "amount_mean": red.sums[sel] / counts,
-                            "amount_m2": red.m2[sel],
-                            "amount_std": _std(red.m2[sel], counts),
-                            "amount_min": red.mins[sel],
-                            "amount_max": red.maxs[sel],
-                            "fraud_events": red.frauds[sel],
-                            "amount_p95": red.p95[sel],
-                            "p95_exact": np.ones(len(sel), bool),
-                            "distinct_customers": red.distinct[sel],
-                            "distinct_exact": np.ones(len(sel), bool),
-                        },
-                    )
-                )
-            for i in np.flatnonzero(stateful).tolist():
-                key = (int(g_start[i]), decode[int(red.gids[i] % n_combo)])
-                window = self.open.get(key)
-                if window is None:
-                    window = self.open[key] = OpenWindow(*key)
-                lo, hi = red.starts[i], red.starts[i] + red.counts[i]
-                window.merge(
-                    int(red.counts[i]),
-                    float(red.sums[i]),
-                    float(red.m2[i]),
-                    float(red.mins[i]),
-                    float(red.maxs[i]),
-                    int(red.frauds[i]),
-                    red.amounts[lo:hi],
-                    red.customers[red.customer_starts[i] : red.customer_starts[i + 1]],
-                )
-                dirty.add(key)
-        closing = [k for k in self.open if k[0] + spec.window_ms <= new_wm]
-        if closing:
-            closed_parts.append(self._open_rows([self.open[k] for k in closing], final=True))
-        still_open = [self.open[k] for k in dirty if k[0] + spec.window_ms > new_wm]
-        self._commit(
-            fresh,
-            batch,
-            tables,
-            closed_parts,
-            closing,
-            dirty,
-            still_open,
-            new_max,
-            late_events,
-            skipped,
-            backend,
-            started,
-        )
-        for key in closing:
-            del self.open[key]
-        return {
-            "events": len(fresh),
-            "late": late_events,
-            "skipped": skipped,
-            "rejected": len(rejects),
-            "groups": groups,
-            "closed": sum(len(t) for t in closed_parts),
-            "seconds": time.perf_counter() - started,
-        }
+            change.groups = len(red.gids)
+            self._fold_groups(change, red, decode, n_combo)
 
-    def _commit(
-        self,
-        fresh: EventBatch,
-        batch: EventBatch,
-        tables: dict,
-        closed_parts: list,
-        closing: list,
-        dirty: set,
-        still_open: list,
-        new_max: int,
-        late_events: int,
-        skipped: int,
-        backend: str,
-        started: float,
+    def _fold_groups(
+        self, change: _Change, red: Any, decode: list[tuple[str, ...]], n_combo: int
     ) -> None:
-        from flows.common.arrow import strings, table
+        """Groups whose window is closed and was never open become final rows at once; the
+        others merge into their open window (marked dirty)."""
+        spec = self.spec
+        g_start = (red.gids // n_combo) * spec.slide_ms
+        stateful = g_start + spec.window_ms > change.new_wm
+        if self.open:
+            stateful |= np.isin(red.gids, self._open_gids(decode, n_combo))
+        exact = np.flatnonzero(~stateful)
+        if exact.size:
+            change.closed_parts.append(self._exact_rows(red, exact, n_combo, decode))
+        for i in np.flatnonzero(stateful).tolist():
+            key = (int(g_start[i]), decode[int(red.gids[i] % n_combo)])
+            window = self.open.get(key)
+            if window is None:
+                window = self.open[key] = OpenWindow(*key)
+            lo, hi = red.starts[i], red.starts[i] + red.counts[i]
+            window.merge(
+                int(red.counts[i]),
+                float(red.sums[i]),
+                float(red.m2[i]),
+                float(red.mins[i]),
+                float(red.maxs[i]),
+                int(red.frauds[i]),
+                red.amounts[lo:hi],
+                red.customers[red.customer_starts[i] : red.customer_starts[i + 1]],
+            )
+            change.dirty.add(key)
 
+    def _exact_rows(
+        self, red: Any, sel: np.ndarray, n_combo: int, decode: list[tuple[str, ...]]
+    ) -> Any:
+        """Final rows of the groups ``sel``, exact: every event of their window is here."""
+        counts = red.counts[sel]
+        return self._rows(
+            red.gids[sel],
+            n_combo,
+            decode,
+            {
+                "events": counts,
+                "amount_sum": red.sums[sel],
+                "amount_mean": red.sums[sel] / counts,
+                "amount_m2": red.m2[sel],
+                "amount_std": _std(red.m2[sel], counts),
+                "amount_min": red.mins[sel],
+                "amount_max": red.maxs[sel],
+                "fraud_events": red.frauds[sel],
+                "amount_p95": red.p95[sel],
+                "p95_exact": np.ones(len(sel), bool),
+                "distinct_customers": red.distinct[sel],
+                "distinct_exact": np.ones(len(sel), bool),
+            },
+        )
+
+    def _commit(self, change: _Change) -> None:
+        """Write ``change`` and the new stream position in one transaction, then take them."""
+        batch = change.batch
         last = batch.last_id() if batch.offsets is None else self.last_id
         if last is None or last <= self.last_id:
             last = self.last_id
         db = self.db
         db.execute("BEGIN TRANSACTION")
         try:
-            removed = [self._group_key(k) for k in set(closing) | dirty]
-            if removed:
-                db.register("removed_keys", table({"group_key": strings(removed)}))
-                db.execute(
-                    "DELETE FROM stream_open WHERE group_key IN "
-                    "(SELECT group_key FROM removed_keys)"
-                )
-                db.unregister("removed_keys")
-            if still_open:
-                db.register("open_rows", self._open_rows(still_open, final=False))
-                db.execute("INSERT INTO stream_open BY NAME SELECT * FROM open_rows")
-                db.unregister("open_rows")
-            for part in closed_parts:  # key columns differ in encoding: no concat
-                db.register("closed_rows", part)
-                db.execute("INSERT INTO stream_windows BY NAME SELECT * FROM closed_rows")
-                db.unregister("closed_rows")
-            if "late" in tables:
-                db.register("late_rows", tables["late"])
-                db.execute("INSERT INTO stream_late BY NAME SELECT * FROM late_rows")
-                db.unregister("late_rows")
+            self._write_windows(change)
             if batch.rejects:
                 db.executemany("INSERT INTO stream_rejects VALUES (?, ?)", batch.rejects)
             if batch.offsets:
@@ -324,25 +308,7 @@ class StreamState:
                     sorted(batch.offsets.items()),
                 )
             self.batches += 1
-            db.execute(
-                "UPDATE stream_progress SET last_hi = ?, last_lo = ?, max_ts = ?, "
-                "events = events + ?, late_events = late_events + ?, rejected = rejected + ?, "
-                "batches = batches + 1 WHERE id = 1",
-                [last[0], last[1], new_max, len(fresh), late_events, len(batch.rejects)],
-            )
-            db.execute(
-                "INSERT INTO stream_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-                [
-                    self.batches,
-                    backend,
-                    len(fresh),
-                    late_events,
-                    skipped,
-                    time.perf_counter() - started,
-                    f"{last[0]}-{last[1]}",
-                    new_max,
-                ],
-            )
+            self._write_progress(change, last)
             _maybe_crash("commit-before", self.batches)
             db.execute("COMMIT")
         except BaseException:
@@ -351,10 +317,64 @@ class StreamState:
             raise
         self.last_id = last
         self.offsets.update(batch.offsets or {})
-        self.max_ts = new_max
-        self.events += len(fresh)
-        self.late_events += late_events
+        self.max_ts = change.new_max
+        self.events += len(change.fresh)
+        self.late_events += change.late_events
         self.rejected += len(batch.rejects)
+
+    def _write_windows(self, change: _Change) -> None:
+        """Replace the changed open windows, append the closed and the late rows."""
+        from flows.common.arrow import strings, table
+
+        db = self.db
+        removed = [self._group_key(k) for k in set(change.closing) | change.dirty]
+        if removed:
+            db.register("removed_keys", table({"group_key": strings(removed)}))
+            db.execute(
+                "DELETE FROM stream_open WHERE group_key IN (SELECT group_key FROM removed_keys)"
+            )
+            db.unregister("removed_keys")
+        if change.still_open:
+            db.register("open_rows", self._open_rows(change.still_open, final=False))
+            db.execute("INSERT INTO stream_open BY NAME SELECT * FROM open_rows")
+            db.unregister("open_rows")
+        for part in change.closed_parts:  # key columns differ in encoding: no concat
+            db.register("closed_rows", part)
+            db.execute("INSERT INTO stream_windows BY NAME SELECT * FROM closed_rows")
+            db.unregister("closed_rows")
+        if change.late is not None:
+            db.register("late_rows", change.late)
+            db.execute("INSERT INTO stream_late BY NAME SELECT * FROM late_rows")
+            db.unregister("late_rows")
+
+    def _write_progress(self, change: _Change, last: tuple[int, int]) -> None:
+        """The stream position and totals, and this batch's line in stream_batches."""
+        self.db.execute(
+            "UPDATE stream_progress SET last_hi = ?, last_lo = ?, max_ts = ?, "
+            "events = events + ?, late_events = late_events + ?, rejected = rejected + ?, "
+            "batches = batches + 1 WHERE id = 1",
+            [
+                last[0],
+                last[1],
+                change.new_max,
+                len(change.fresh),
+                change.late_events,
+                len(change.batch.rejects),
+            ],
+        )
+        self.db.execute(
+            "INSERT INTO stream_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+            [
+                self.batches,
+                change.backend,
+                len(change.fresh),
+                change.late_events,
+                change.skipped,
+                time.perf_counter() - change.started,
+                f"{last[0]}-{last[1]}",
+                change.new_max,
+            ],
+        )
 
     def _open_gids(self, decode: list[tuple[str, ...]], n_combo: int) -> np.ndarray:
         """The group ids, in this batch's key coding, of the windows still open."""
