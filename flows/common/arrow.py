@@ -1,4 +1,5 @@
-"""Arrow <-> numpy for the stream_stats hot path, without pyarrow's pandas shim.
+"""Arrow <-> numpy without pyarrow's pandas shim, for fraud_synth's writer and stream_stats'
+hot path.
 
 ``pa.array``, ``pa.table`` and ``Array.to_numpy`` import pandas on first use: about 0.5
 CPU-s and 50 MiB per process, a quarter of a 2 M-event run. Arrays built from (or read as)

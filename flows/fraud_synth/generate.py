@@ -14,9 +14,10 @@ the same chunk size the same bytes. Timestamps come from the inverse of the data
 volume curve (daily volume x time-of-day profile) at the row's quantile, so rows are in
 time order inside a file and across files without any sort.
 
-Layout of a dataset (see /work/fraud-schema.md): ``customers.parquet``, ``devices.parquet``,
-``merchants.parquet``, ``transactions/part-NNNNN.parquet``, ``manifest.json``; each finished
-file also leaves ``_parts/part-NNNNN.json`` (its manifest entry) so that a re-run resumes.
+Layout of a dataset (its transaction schema: flows.fraud_synth.spec.transaction_schema):
+``customers.parquet``, ``devices.parquet``, ``merchants.parquet``,
+``transactions/part-NNNNN.parquet``, ``manifest.json``; each finished file also leaves
+``_parts/part-NNNNN.json`` (its manifest entry) so that a re-run resumes.
 """
 
 from __future__ import annotations
@@ -564,7 +565,7 @@ def completed_entries(storage: Storage, spec: DatasetSpec) -> dict[int, dict[str
 def build_manifest(
     spec: DatasetSpec, entries: list[dict[str, Any]], reference: dict[str, int] | None = None
 ) -> dict[str, Any]:
-    """The manifest document (fraud-schema.md) for the finished ``entries``."""
+    """The manifest document for the finished ``entries``."""
     files = sorted(
         ({k: v for k, v in e.items() if k != "fingerprint"} for e in entries),
         key=lambda e: e["index"],

@@ -54,7 +54,7 @@ COMPRESSIONS = tuple(BYTES_PER_TRANSACTION)
 
 @functools.cache
 def transaction_schema() -> pa.Schema:
-    """The Arrow schema of the transaction files (fraud-schema.md)."""
+    """The Arrow schema of the transaction files: what ml_pipeline and stream_stats read."""
     import pyarrow as pa
 
     category = pa.dictionary(pa.int32(), pa.string())

@@ -384,7 +384,7 @@ def _fraud_windows(
 
 
 def reference_tables(world: World) -> Iterator[tuple[str, pa.Table]]:
-    """customers, devices and merchants as Arrow tables (fraud-schema.md), one at a time.
+    """customers, devices and merchants as Arrow tables, one at a time.
 
     Built from numpy buffers without ``pa.array``, which would import pandas (a large
     import), and one table at a time, so the reference writer holds at most one of them.

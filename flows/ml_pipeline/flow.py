@@ -28,7 +28,7 @@ from flows.ml_pipeline import features as ml_features
 from flows.ml_pipeline import model as ml_model
 from flows.ml_pipeline import params as ml_params
 from flows.ml_pipeline import registry as ml_registry
-from flows.ml_pipeline import schema as ml_core
+from flows.ml_pipeline import schema
 from headroom import Chunking
 from headroom.prefect import FLOW_HOOKS, ChunkScale, budgeted_task
 
@@ -42,7 +42,7 @@ def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """The cache key of a step: its name, the pipeline version and its inputs, where the data is
     known by its fingerprint, not its location, and ``chunk_scale`` (how, not what) is left out."""
     inputs = {k: v for k, v in parameters.items() if k not in NOT_IN_KEY}
-    document = [context.task.name, ml_core.PIPELINE_VERSION, inputs]
+    document = [context.task.name, schema.PIPELINE_VERSION, inputs]
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -52,7 +52,7 @@ STEP_CACHE = CachePolicy.from_cache_key_fn(step_cache_key)
 def _registered(out: str, version: str) -> bool:
     from headroom.storage import open_storage
 
-    return open_storage(out).exists(f"{ml_core.MODEL_NAME}/{version}/registration.json")
+    return open_storage(out).exists(f"{schema.MODEL_NAME}/{version}/registration.json")
 
 
 def _dataset_bytes(kwargs: dict[str, Any]) -> int | None:
@@ -215,7 +215,7 @@ def _plan(params: ml_params.TrainParams, health: dict[str, Any]) -> Plan:
     train_end_ms, test_start_ms = ml_params.resolve_split(
         params, health["min_ts_ms"], health["max_ts_ms"]
     )
-    split = {"train_end": ml_core.iso(train_end_ms), "test_start": ml_core.iso(test_start_ms)}
+    split = {"train_end": schema.iso(train_end_ms), "test_start": schema.iso(test_start_ms)}
     model_params = params.model_params()
     version = ml_registry.model_version(fingerprint, model_params, split, params.seed)
     return Plan(
@@ -231,7 +231,7 @@ def _plan(params: ml_params.TrainParams, health: dict[str, Any]) -> Plan:
 
 def _local_dataset(params: ml_params.TrainParams, plan: Plan, states: dict[str, str]) -> str:
     """The dataset's local directory: itself, or the staged copy of a remote one."""
-    local = ml_core.local_path(params.dataset)
+    local = schema.local_path(params.dataset)
     if local is not None:
         return str(local)
     staged = ml_dataset.staged_dir(plan.work, plan.fingerprint) / "manifest.json"

@@ -1,11 +1,11 @@
 """The fraud-model pipeline's vocabulary: its columns, features and time helpers.
 
-The steps live beside it, each a module that does not import prefect (guarded children import
-them and start fast): ml_dataset (manifest, fingerprint, health check), ml_features (DuckDB
-features under the cap), ml_model (train, evaluate), ml_registry (publish a version). Every
-step reads files and writes files and returns a small JSON-able record (paths, counts,
-metrics): the data never travels through the orchestrator. The flow's parameters are in
-ml_params (pydantic stays out of the children).
+The steps live beside it in flows.ml_pipeline, each a module that does not import prefect
+(guarded children import them and start fast): ``dataset`` (manifest, fingerprint, health
+check), ``features`` (DuckDB features under the cap), ``model`` (train, evaluate),
+``registry`` (publish a version). Every step reads files and writes files and returns a small
+JSON-able record (paths, counts, metrics): the data never travels through the orchestrator.
+The flow's parameters are in ``params`` (pydantic stays out of the children).
 """
 
 from __future__ import annotations

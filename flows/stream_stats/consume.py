@@ -1,4 +1,5 @@
-"""Windowed statistics over a transaction stream: window assignment, watermark, mergeable state.
+"""The micro-batch loop of stream_stats (source -> compute -> sink), its ``consume`` command, and
+the semantics it guarantees.
 
 Pure logic without prefect (guarded children start fast; tests need no server). One
 micro-batch of events goes in; per (window, key) the count, sum, mean, standard deviation,
@@ -26,9 +27,10 @@ Semantics (the same for every batch size, so a crash and a re-run give identical
   when delivered again. The source is acknowledged only after the commit.
 
 The micro-batch loop (source -> compute -> sink) that a guarded child runs, and the
-``consume`` command that runs it without Prefect. The parts: ``params`` (window spec),
-``compute/`` (window assignment, reduction, sketches, the per-event baseline), ``sink/`` (the
-DuckDB sink), ``sources/`` (Kafka, Redis Streams, a replayed dataset).
+``consume`` command that runs it without Prefect. The parts: ``windows`` (window spec),
+``params`` (the run's parameters), ``compute/`` (window assignment, reduction, sketches, the
+per-event baseline), ``sink/`` (the DuckDB sink), ``sources/`` (Kafka, Redis Streams, a
+replayed dataset).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Pure logic without prefect. :class:`EventBatch` holds events in stream order as numpy
 columns with the key fields dictionary-encoded; :class:`Source` is what the consumer loop
-asks of a source (flows.stream_stats.sources.embedded, flows.stream_stats.sources.redis_streams).
+asks of a source (flows.stream_stats.sources: embedded, redis_streams, kafka).
 """
 
 from __future__ import annotations

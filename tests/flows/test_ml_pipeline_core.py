@@ -21,7 +21,7 @@ from flows.ml_pipeline import features as ml_features
 from flows.ml_pipeline import model as ml_model
 from flows.ml_pipeline import params as ml_params
 from flows.ml_pipeline import registry as ml_registry
-from flows.ml_pipeline import schema as ml_core
+from flows.ml_pipeline import schema
 from headroom import BadInput
 
 CAP_MB = 1024.0
@@ -160,7 +160,7 @@ def test_features_match_a_pandas_computation_and_do_not_depend_on_batching(
     assert whole["parts"] == 1
     one = pd.read_parquet(whole["features_dir"]).sort_values("transaction_id")
     pd.testing.assert_frame_equal(
-        ours[list(ml_core.FEATURES)], one.set_index("transaction_id")[list(ml_core.FEATURES)]
+        ours[list(schema.FEATURES)], one.set_index("transaction_id")[list(schema.FEATURES)]
     )
 
     frame = _transactions(dataset).sort_values(["ts", "transaction_id"])
@@ -171,17 +171,17 @@ def test_features_match_a_pandas_computation_and_do_not_depend_on_batching(
         "cust_tx_24h": by_customer["t"].transform(
             lambda t: pd.Series(
                 np.searchsorted(t.values, t.values, side="right")
-                - np.searchsorted(t.values, t.values - ml_core.DAY_MS, side="left"),
+                - np.searchsorted(t.values, t.values - schema.DAY_MS, side="left"),
                 index=t.index,
             )
         ),
-        "secs_since_cust_prev": gap.fillna(ml_core.LOOKBACK_MS).clip(upper=ml_core.LOOKBACK_MS)
+        "secs_since_cust_prev": gap.fillna(schema.LOOKBACK_MS).clip(upper=schema.LOOKBACK_MS)
         / 1000,
         "new_device": (
             (frame.groupby(["customer_id", "device_id"])["t"].transform("min") == frame["t"])
             & (by_customer["t"].transform("min") < frame["t"])
         ).astype(int),
-        "is_night": ((frame["t"] // ml_core.HOUR_MS) % 24 < 6).astype(int),
+        "is_night": ((frame["t"] // schema.HOUR_MS) % 24 < 6).astype(int),
     }
     for name, values in expected.items():
         np.testing.assert_allclose(
@@ -253,7 +253,7 @@ def test_a_sample_smaller_than_the_data_keeps_every_fraud_row(features, split, t
 
 def test_register_publishes_a_complete_version(trained, health, split, tmp_path):
     out = tmp_path / "registry"
-    splits = {"train_end": ml_core.iso(split[0]), "test_start": ml_core.iso(split[1])}
+    splits = {"train_end": schema.iso(split[0]), "test_start": schema.iso(split[1])}
     version = ml_registry.model_version(health["fingerprint"], MODEL, splits, 3)
     result = ml_registry.register_model(
         str(out),
@@ -269,7 +269,7 @@ def test_register_publishes_a_complete_version(trained, health, split, tmp_path)
     registration = json.loads((folder / "registration.json").read_text())
     for name in registration["files"]:
         assert (folder / name).is_file(), name
-    assert json.loads((folder / "features.json").read_text())["features"] == list(ml_core.FEATURES)
+    assert json.loads((folder / "features.json").read_text())["features"] == list(schema.FEATURES)
     assert json.loads((out / "fraud-model" / "latest.json").read_text())["version"] == version
     assert trained["metrics"]["per_scenario"]
     for scenario in trained["metrics"]["per_scenario"]:

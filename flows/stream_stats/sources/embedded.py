@@ -1,8 +1,9 @@
 """The embedded source: a fraud_synth dataset replayed as a stream, and dataset helpers.
 
 Pure logic without prefect. A dataset lists its files in ``manifest.json`` (see
-fraud-schema), each in time order; the stream ID of an event is (file index, row in file).
-The helpers build small datasets for tests and benchmarks and read one back event by event.
+flows.fraud_synth.generate), each in time order; the stream ID of an event is (file index,
+row in file). The helpers build small datasets for tests and benchmarks and read one back
+event by event.
 """
 
 from __future__ import annotations
