@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from deployments.production.throwaway import free_port
+from deployments.ports import free_port
 
 
 def broker_binary() -> Path | None:

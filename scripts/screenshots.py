@@ -29,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deployments.production.throwaway import free_port  # noqa: E402
+from deployments.ports import free_port  # noqa: E402
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 CHROMIUM_FLAGS = [

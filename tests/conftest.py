@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.production.throwaway import free_port, throwaway_server
+from deployments.ports import free_port
+from deployments.production.throwaway import throwaway_server
 
 _STATE = Path(tempfile.mkdtemp(prefix="headroom-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))

@@ -7,20 +7,13 @@ port, without the UI; the database and its role are dropped afterwards.
 from __future__ import annotations
 
 import contextlib
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from deployments.ports import free_port
 from deployments.production.pg import PgSettings, drop_database
 from deployments.production.server import ServerSettings, start_server, stop
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

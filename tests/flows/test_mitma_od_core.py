@@ -396,7 +396,7 @@ def test_a_bronze_table_with_text_columns_from_an_earlier_version_keeps_loading(
 
 @pytest.mark.parametrize("path", ["/RSS.xml", "/"])
 def test_a_source_that_does_not_answer_names_host_and_parameter(path, tmp_path):
-    from deployments.production.throwaway import free_port
+    from deployments.ports import free_port
 
     port = free_port()  # nothing listens there: the RSS feed, then the URL pattern
     with pytest.raises(download.TransientDownloadError) as caught:

@@ -164,7 +164,7 @@ def test_group_offsets_in_kafka_follow_the_sink_for_lag(dataset, topic_url, tmp_
 
 
 def test_several_brokers_any_one_answering_will_do(dataset, kafka_broker, tmp_path):
-    from deployments.production.throwaway import free_port
+    from deployments.ports import free_port
 
     url = f"kafka://127.0.0.1:{free_port()},{kafka_broker}/tx-{uuid.uuid4().hex[:8]}?group=g"
     process = produce(dataset, url, "--partitions", "2", "--max-events", "3000", wait=False)
@@ -373,7 +373,7 @@ def test_source_url_is_checked_before_any_connection():
 
 
 def test_closed_port_names_the_broker_and_the_parameter():
-    from deployments.production.throwaway import free_port
+    from deployments.ports import free_port
 
     port, other = free_port(), free_port()
     source = KafkaSource(f"kafka://127.0.0.1:{port},127.0.0.1:{other}/tx")

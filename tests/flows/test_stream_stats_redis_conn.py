@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.production.throwaway import free_port
+from deployments.ports import free_port
 from flows.stream_stats.compute.baseline import compare_with_baseline
 from flows.stream_stats.consume import run_micro_batches
 from flows.stream_stats.params import StreamParams

@@ -90,7 +90,7 @@ def test_public_endpoints_cover_the_local_day():
 
 
 def test_a_mirror_that_does_not_answer_names_host_and_parameter(tmp_path):
-    from deployments.production.throwaway import free_port
+    from deployments.ports import free_port
 
     port = free_port()  # nothing listens there
     source = f"http://127.0.0.1:{port}"

@@ -80,7 +80,7 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
 
 
 def test_a_mirror_that_does_not_answer_fails_the_run_naming_host_and_parameter(tmp_path):
-    from deployments.production.throwaway import free_port
+    from deployments.ports import free_port
 
     port = free_port()  # nothing listens there
     state = convert_iso_lmp(
