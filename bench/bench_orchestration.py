@@ -26,7 +26,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from bench.common import ROOT, measure, python, table, write_section
-from deployments.production.throwaway import free_port
+from deployments.ports import free_port
 
 TASKS = 500
 # Measured on prefect 3.9.1 by the author, for reference (tasks/s).

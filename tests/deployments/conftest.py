@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.production.throwaway import free_port
+from deployments.ports import free_port
 from headroom.prefect.runs import process_start
 
 ROOT = Path(__file__).resolve().parents[2]

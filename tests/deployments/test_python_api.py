@@ -80,8 +80,8 @@ def _an_address_of_this_machine_not_loopback() -> str | None:
 
 @pytest.mark.slow
 def test_against_a_server_on_another_address_a_missing_limit_stays_an_error(tmp_path):
+    from deployments.ports import free_port
     from deployments.production.server import ServerSettings, start_server, stop
-    from deployments.production.throwaway import free_port
 
     address = _an_address_of_this_machine_not_loopback()
     if address is None:
