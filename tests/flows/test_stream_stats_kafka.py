@@ -137,8 +137,9 @@ def parse_threads() -> list[threading.Thread]:
 def test_chunks_parsed_beside_the_consumer_give_the_windows_of_the_baseline(
     dataset, topic_url, tmp_path, monkeypatch
 ):
-    """Many consume() chunks per micro-batch, each parsed on the parse thread while the next
-    is consumed: the same windows as the per-event baseline, and no thread left after."""
+    """Many consume() chunks per micro-batch, parsed on the parse threads (chunks finishing
+    out of order) while the next are consumed: the same windows as the per-event baseline,
+    and no thread left after."""
     from flows.stream_stats.sources import kafka as stream_kafka
 
     monkeypatch.setattr(stream_kafka, "FETCH_CHUNK", 97)

@@ -17,14 +17,14 @@ committed after the sink's, only for lag monitoring; other members of the group 
 reader, a rebalance among them) never move this consumer.
 
 Speed (figures in BENCHMARKS.md): joining a group cost 5 s on Tansu (its JoinGroup waits half
-the session timeout), so there is no join. read() hands each consume() chunk to one parse
-thread, which maps the unbound ``Message`` methods over it (one C call per message, no Python
-frame), parses all its values at once with Arrow's JSON reader (one message at a time only
-when some value is not a canonical event, to name each reject's partition and offset) and
-lets the messages go; the next chunk is consumed meanwhile. read() waits for every parse
-before it returns, so nothing runs beside the commit, the seek or close(). librdkafka's
-fetch backoff is shortened (CONSUMER_TUNING): with its default a full local queue stalls
-fetching for a second.
+the session timeout), so there is no join. read() hands each consume() chunk to one of two
+parse threads (PARSE_THREADS), which maps the unbound ``Message`` methods over it (one C call
+per message, no Python frame), parses all its values at once with Arrow's JSON reader (one
+message at a time only when some value is not a canonical event, to name each reject's
+partition and offset) and lets the messages go; the next chunks are consumed meanwhile.
+read() waits for every parse before it returns, so nothing runs beside the commit, the seek
+or close(). librdkafka's fetch backoff is shortened (CONSUMER_TUNING): with its default a
+full local queue stalls fetching for a second.
 
 Event time is one watermark over all partitions (as in Spark): partitions consumed far apart
 in time make the slower one's events late, so the watermark must cover that spread.
@@ -67,6 +67,12 @@ FETCH_CHUNK = 10_000  # messages per consume() call
 # a whole second before it looks again: a reader that drains the queue in a fraction of
 # that (a micro-batch holds more than the queue) would wait for the broker each time.
 CONSUMER_TUNING = {"fetch.queue.backoff.ms": 20}
+# Parsing a chunk costs about twice its consume() (1.3-1.8 against 0.7-1.0 CPU-us a message
+# on 2 AMD EPYC cores): one parse thread fell behind the consumer and parsed on for 0.27 s
+# after the last poll of a 262,144-event batch. Two, alternated on 2 cores, 300,000 events:
+# 0.29-0.30 -> 0.36-0.37 M events/s where two thirds are late, 0.18-0.22 -> 0.19-0.26 M on
+# the benchmark's stream (within its spread).
+PARSE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,8 @@ class KafkaSource:
         self.consumer: Any = None
         self.offsets: Mapping[int, int] = {}  # the sink's next offset per partition, live
         self.assigned: set[int] = set()
-        # One thread parses the chunks read() consumes; only read() uses it, and waits for it.
-        self.parser = ThreadPoolExecutor(1, thread_name_prefix="kafka-parse")
+        # Threads parse the chunks read() consumes; only read() uses them, and waits for them.
+        self.parser = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="kafka-parse")
 
     def start(self, after: tuple[int, int], offsets: Mapping[int, int] | None = None) -> None:
         """Assign every partition at the sink's offsets (``offsets``: its live mapping)."""
