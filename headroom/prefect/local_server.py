@@ -61,7 +61,7 @@ def prepare(client: Any, this_run: str, planned: dict[str, int]) -> None:
         if (url or "") in _prepared:
             return
         _prepared.add(url or "")
-    if url is None:
+    if url is None or url == temporary_url():
         watch_temporary_server()
     create_missing_limits(client, planned)
     crash_dead_runs(client)
@@ -130,17 +130,35 @@ def give_back_stranded(client: Any, names: list[str], this_run: str | None = Non
     return freed
 
 
+def temporary_url() -> str | None:
+    """The API URL of the temporary server this process started early, while it runs."""
+    from headroom.server import temporary
+
+    running = temporary.running()
+    return running[1] if running else None
+
+
+def _temporary_server_pid() -> int | None:
+    """This process's temporary server: headroom's early one, or Prefect's own."""
+    from headroom.server import temporary
+
+    running = temporary.running()
+    if running:
+        return running[0]
+    if "prefect.server.api.server" not in sys.modules:
+        return None  # Prefect started none (it imports that module to start one)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    servers = [s for s in SubprocessASGIServer._instances.values() if s.server_process]
+    return servers[0].server_process.pid if servers else None  # type: ignore[union-attr]
+
+
 def watch_temporary_server() -> int | None:
     """Start a watchdog that kills this process's temporary Prefect server once this process
     is gone, and give back let-go slots before that server stops at exit. Returns the
     watchdog's pid (None when no temporary server runs here)."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    servers = [s for s in SubprocessASGIServer._instances.values() if s.server_process]
-    if not servers:
-        return None
-    server_pid = servers[0].server_process.pid  # type: ignore[union-attr]
-    if server_pid in _watched:
+    server_pid = _temporary_server_pid()
+    if server_pid is None or server_pid in _watched:
         return None
     _watched.add(server_pid)
     # atexit runs last-registered first: registered after the server's stop, this runs

@@ -1,17 +1,20 @@
 """The temporary Prefect server of a process on the embedded default (no API URL): Prefect's,
-with three changes.
+with four changes.
 
 - It starts as soon as headroom.prefect is imported, not when the process first asks the API
   for something, so that it boots while the process imports the rest of its flow.
+- This process listens on its port before the server starts (headroom.server.serve takes the
+  socket over), and sets PREFECT_API_URL to it: Prefect's client connects at once and gets its
+  answer when the server is up, and this process never imports Prefect's server code (3.2-3.3
+  CPU-s of imports on a 2-core AMD EPYC, 2026-12-03) to start or find a temporary server.
 - Its app answers again at once the requests SQLite refused (headroom.server.app).
 - Its task-run recorder and event persister write in batches, so that slot acquisitions meet
   fewer other writers (Prefect's defaults write every task-run event in its own transaction).
 
-Prefect still owns it: its ``get_client()`` finds it registered as the temporary server,
-waits until it answers, and stops it at exit; if the settings changed since the early start
-(a test harness's own database), the early one is stopped and a new one started.
-``HEADROOM_PREFECT_APP=0`` leaves Prefect's own. None starts early in a pytest session (it
-imports flow modules to collect tests, and its fixtures choose the server) or in a
+It is stopped at this process's exit, and by a watchdog if this process is killed
+(headroom.prefect.local_server). Processes this one starts inherit PREFECT_API_URL and use the
+same server. ``HEADROOM_PREFECT_APP=0`` leaves Prefect's own. None starts early in a pytest
+session (it imports flow modules to collect tests, and its fixtures choose the server) or in a
 multiprocessing child (a Dask worker imports flow modules to run tasks it may be told the
 server of); there Prefect starts its own when it is needed, as before.
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -32,14 +34,16 @@ SERVER_SETTINGS = {  # the environment overrides each
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "2",
 }
-PORTS = range(8000, 9000)  # Prefect's range for its temporary servers
-_server_class: Any = None
+BACKLOG = 128  # connections the kernel queues while the server boots
+STOP_S = 5.0
+_server: tuple[subprocess.Popen[Any], str] | None = None  # (process, API URL)
 
 
 def start_early() -> bool:
     """On the embedded default, start this process's temporary server now (see the module).
     True when it did; False on a configured server, when one already exists, when
     ``HEADROOM_PREFECT_APP=0``, or in a pytest session or multiprocessing child."""
+    global _server
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
@@ -54,28 +58,39 @@ def start_early() -> bool:
         from prefect.server.api.server import SubprocessASGIServer
 
         if None in SubprocessASGIServer._instances:
-            return False  # started already (by this module or by Prefect)
-    port = _free_port()
-    process, env = _launch(port)  # boots while this process imports the server module below
-    server = _temporary_server_class()()
-    server.port = port
-    server.early = (process, env)
-    server.server_process = process  # stopped at exit even if nothing here asks for it
-    atexit.register(server.stop)
+            return False  # Prefect started its own already
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(BACKLOG)
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}/api"
+        process = _launch(listening)
+    _server = (process, url)
+    atexit.register(stop)
+    os.environ["PREFECT_API_URL"] = url  # this process's settings and its children's
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
     return True
 
 
-def _free_port() -> int:
-    ports = list(PORTS)
-    random.shuffle(ports)
-    for port in ports[:50]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no free port for the temporary Prefect server in {PORTS}")
+def running() -> tuple[int, str] | None:
+    """(pid, API URL) of the temporary server this process started, while it runs."""
+    if _server is None or _server[0].poll() is not None:
+        return None
+    return _server[0].pid, _server[1]
+
+
+def stop() -> None:
+    """Stop this process's temporary server (at exit): SIGTERM, then SIGKILL after STOP_S."""
+    if _server is None or _server[0].poll() is not None:
+        return
+    process = _server[0]
+    process.terminate()
+    try:
+        process.wait(STOP_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _server_env() -> dict[str, str]:
@@ -91,53 +106,12 @@ def _server_env() -> dict[str, str]:
     }
 
 
-def _launch(port: int) -> tuple[subprocess.Popen[Any], dict[str, str]]:
-    """Start uvicorn as Prefect does for its temporary server, with headroom's app."""
-    import prefect
-
-    env = _server_env()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(prefect.__module_path__.parent),
-            "--factory",
-            "headroom.server.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ],
-        env=env,
+def _launch(listening: socket.socket) -> subprocess.Popen[Any]:
+    """Start the server on the listening socket, with headroom's app."""
+    fd = listening.fileno()
+    return subprocess.Popen(
+        [sys.executable, "-m", "headroom.server.serve", str(fd), "headroom.server.app:create_app"],
+        env=_server_env(),
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
     )
-    return process, env
-
-
-def _temporary_server_class() -> Any:
-    """Prefect's SubprocessASGIServer, whose first start takes over the early process."""
-    global _server_class
-    if _server_class is not None:
-        return _server_class
-    from prefect.server.api.server import SubprocessASGIServer
-
-    class TemporaryServer(SubprocessASGIServer):
-        early: tuple[subprocess.Popen[Any], dict[str, str]] | None = None
-
-        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            early, self.early = self.early, None
-            if early is not None:
-                process, env = early
-                if process.poll() is None and env == _server_env():
-                    return process
-                process.terminate()  # its settings are no longer this process's
-                process.wait()
-            return _launch(self.port)[0]  # type: ignore[arg-type]  # start() has set it
-
-    _server_class = TemporaryServer
-    return TemporaryServer
