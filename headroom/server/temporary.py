@@ -67,6 +67,9 @@ def start_early() -> bool:
     _server = (process, url)
     atexit.register(stop)
     os.environ["PREFECT_API_URL"] = url  # this process's settings and its children's
+    # No "View at" links: the temporary server serves no UI and stops with this process (as
+    # Prefect's own temporary server, which has no UI URL).
+    os.environ.setdefault("PREFECT_UI_URL", "")
     from prefect.context import refresh_global_settings_context
 
     refresh_global_settings_context()

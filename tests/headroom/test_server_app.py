@@ -107,6 +107,8 @@ with get_client(sync_client=True) as client:
 [server] = [p for p in psutil.Process().children() if "create_app" in " ".join(p.cmdline())]
 print(" ".join(server.cmdline()))
 print("server code imported here:", "prefect.server.api.server" in sys.modules)
+from prefect.settings import PREFECT_UI_URL
+print("UI URL:", PREFECT_UI_URL.value() or None)  # no "View at" link to a server with no UI
 """
 
 
@@ -128,3 +130,4 @@ def test_the_embedded_default_starts_headroom_app(tmp_path, switch, factory):
     # headroom's server listens before it boots and the process talks to it by its URL:
     # Prefect's server code is imported by the server only. Prefect's own is found by it.
     assert f"server code imported here: {switch == '0'}" in done.stdout
+    assert "UI URL: None" in done.stdout
